@@ -1,0 +1,79 @@
+"""The `ebpfseccomp` command: a thin shell over the library.
+
+Each subcommand lives in ebpfseccomp/commands/<name>.py and exposes
+`register(subparsers)`, which adds its parser and sets `func` to a callable
+taking the parsed arguments and returning an exit status.  This module only
+wires them together and turns EbpfSeccompError into one clear paragraph and
+a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+from .errors import EbpfSeccompError
+
+#: Subcommand modules, in the order `--help` lists them.
+COMMANDS = ("build", "check", "disasm", "emulate", "probe", "load", "run", "daemon")
+
+DESCRIPTION = """\
+eBPF seccomp filters: write a filter in restricted C, then
+
+  ebpfseccomp build filter.c -o filter.o     compile it (clang -target bpf)
+  ebpfseccomp check filter.o                 will the kernel's verifier take it?
+  ebpfseccomp disasm filter.o                read what clang made of it
+  ebpfseccomp emulate filter.o --syscall openat --arg 2=0x40
+                                             what would it answer, without a kernel
+  ebpfseccomp probe                          does this kernel run eBPF filters?
+  ebpfseccomp run -f filter.o -- CMD ARGS    load, attach and exec CMD under it
+
+Run `ebpfseccomp COMMAND --help` for each command's options.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ebpfseccomp",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue  # not built yet in this checkout
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EbpfSeccompError as exc:
+        print(f"ebpfseccomp {args.command}: error: {exc.render()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

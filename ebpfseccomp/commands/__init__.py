@@ -1,0 +1,1 @@
+"""One module per `ebpfseccomp` subcommand; see ebpfseccomp/cli.py."""

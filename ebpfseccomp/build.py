@@ -200,9 +200,16 @@ def build(
     cmd = command(src, out, include_dirs, defines, arch)
     # Compile to a temporary file and rename, so a failed build never leaves
     # a truncated object behind and readers never see a half-written one.
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{cmd.out.name}.", suffix=".tmp", dir=cmd.out.parent or Path(".")
-    )
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{cmd.out.name}.", suffix=".tmp", dir=cmd.out.parent or Path(".")
+        )
+    except OSError as exc:
+        raise BuildError(
+            f"cannot write to the output directory: {exc.strerror}",
+            path=str(cmd.out.parent),
+            hint="choose another -o",
+        ) from None
     os.close(fd)
     tmp = Path(tmp_name)
     argv = cmd.argv[:-1] + [str(tmp.resolve())]
@@ -220,14 +227,11 @@ def build(
             ) from None
         if proc.returncode != 0:
             diag = _relabel(proc.stderr.strip(), Path(argv[-3]).name, str(cmd.src))
-            first = next(
-                (ln for ln in diag.splitlines() if ": error:" in ln or "fatal error" in ln),
-                diag.splitlines()[0] if diag else f"clang exited with status {proc.returncode}",
-            )
-            raise BuildError(
-                f"compilation failed: {first}\n{diag}" if diag else f"compilation failed: {first}",
-                path=str(cmd.src),
-            )
+            errors = sum(1 for ln in diag.splitlines() if re.search(r": (fatal )?error:", ln))
+            summary = f"compilation failed ({errors or 'clang'} error{'s' if errors != 1 else ''})"
+            if not diag:
+                diag = f"clang exited with status {proc.returncode} and printed nothing"
+            raise BuildError(f"{summary}:\n{diag}", path=str(cmd.src))
         if warnings is not None and proc.stderr.strip():
             warnings.append(_relabel(proc.stderr.strip(), Path(argv[-3]).name, str(cmd.src)))
         os.chmod(tmp, 0o644 & ~_umask())

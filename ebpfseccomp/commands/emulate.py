@@ -1,0 +1,351 @@
+"""`ebpfseccomp emulate`: what a filter answers to a system call, without a kernel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..contract import AUDIT_ARCH
+from ..elf import load_object
+from ..emulate import Emulator, Environment, Result, SyscallInput
+from ..errors import EbpfSeccompError, UsageError
+
+M64 = (1 << 64) - 1
+
+DESCRIPTION = """\
+Run a filter in the emulator against one system call (or a sequence of them)
+and print the action it returns: ALLOW, ERRNO(13), KILL_PROCESS, KILL_THREAD,
+TRAP(5), LOG, USER_NOTIF, TRACE(7).
+
+examples:
+  ebpfseccomp emulate filter.o --syscall openat --arg 2=0x40
+  ebpfseccomp emulate filter.o --syscall 59 --json
+  ebpfseccomp emulate filter.o --syscall openat --arg 1=0x1000 --mem 0x1000=/etc/passwd
+  ebpfseccomp emulate filter.o --syscall getpid --map allowed:39=0x7fff0000
+  ebpfseccomp emulate filter.o --trace calls.jsonl
+
+VALUE: decimal, 0x hex (0o, 0b too), negative numbers as 64-bit two's
+complement.  --mem stores STRING NUL-terminated at ADDR in the caller's
+memory (what probe_read_user_str reads); hex:0011ff stores raw bytes.
+--map sets an entry before the first call: KEY and VALUE are integers
+(little-endian, sized to the map's key and value) or hex:BYTES.
+
+--trace FILE.jsonl: one JSON object per line, e.g.
+  {"syscall": "openat", "args": [0, 4096, 64], "arch": "x86_64", "pid": 10,
+   "uid": 1000, "gid": 1000, "ip": 0, "mem": {"0x1000": "/tmp/x"}, "time": 5000}
+Only "syscall" is needed; the command-line flags give the defaults.  Map and
+global state carry over from line to line; each line prints a JSON result.
+
+The environment is deterministic: bpf_ktime_get_ns() returns --time (default
+1000000000) and does not advance unless a trace line sets "time";
+bpf_get_prandom_u32() is a PRNG seeded with --seed.  See docs/emulator.md.
+"""
+
+
+def parse_value(text: str, what: str = "value") -> int:
+    """Decimal, 0x/0o/0b, or negative (as 64-bit two's complement)."""
+    try:
+        value = int(str(text).strip(), 0)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: expected a number like 42, 0x2a or -1") from None
+    if not -(1 << 63) <= value <= M64:
+        raise UsageError(f"{what} {text!r} does not fit in 64 bits")
+    return value & M64
+
+
+def parse_arg(text: str) -> tuple[int, int]:
+    idx, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"bad --arg {text!r}: expected I=VALUE with I from 0 to 5")
+    try:
+        i = int(idx)
+    except ValueError:
+        i = -1
+    if not 0 <= i <= 5:
+        raise UsageError(f"bad --arg {text!r}: the argument index must be 0..5")
+    return i, parse_value(value, f"value of argument {i}")
+
+
+def parse_bytes(text: str, what: str) -> bytes:
+    hexpart = text[4:].replace(" ", "").replace(":", "")
+    try:
+        return bytes.fromhex(hexpart)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: hex: must be followed by hex digits") from None
+
+
+def mem_bytes(text: str, what: str = "memory") -> bytes:
+    """STRING stored NUL-terminated; hex:BYTES raw."""
+    if text.startswith("hex:"):
+        return parse_bytes(text, what)
+    return text.encode() + b"\0"
+
+
+def parse_mem(text: str) -> tuple[int, bytes]:
+    addr, sep, value = text.partition("=")
+    if not sep:
+        raise UsageError(f"bad --mem {text!r}: expected ADDR=STRING")
+    return parse_value(addr, "--mem address"), mem_bytes(value, "--mem value")
+
+
+def parse_map(text: str) -> tuple[str, str, str]:
+    name, sep, rest = text.partition(":")
+    key, sep2, value = rest.partition("=")
+    if not (sep and sep2 and name and key and value):
+        raise UsageError(f"bad --map {text!r}: expected NAME:KEY=VALUE")
+    return name, key, value
+
+
+def map_field(text: str, size: int, what: str) -> bytes:
+    if text.startswith("hex:"):
+        data = parse_bytes(text, what)
+        if len(data) != size:
+            raise UsageError(f"{what} {text!r} is {len(data)} bytes, the map needs {size}")
+        return data
+    try:
+        value = int(text.strip(), 0)
+    except ValueError:
+        raise UsageError(f"bad {what} {text!r}: expected an integer or hex:BYTES") from None
+    bits = 8 * size
+    if not -(1 << (bits - 1)) <= value < (1 << bits):
+        raise UsageError(f"{what} {text!r} does not fit in the map's {size} bytes")
+    return (value & ((1 << bits) - 1)).to_bytes(size, "little")
+
+
+def resolve_arch(text: str) -> str | int:
+    low = text.lower()
+    if low in AUDIT_ARCH:
+        return low
+    try:
+        from ..syscalls import canonical_arch
+
+        return canonical_arch(low)
+    except UsageError:
+        pass
+    try:
+        return int(text, 0)  # a raw AUDIT_ARCH value, e.g. to test a foreign arch
+    except ValueError:
+        raise UsageError(
+            f"unknown architecture {text!r}",
+            hint=f"choose one of: {', '.join(AUDIT_ARCH)}, or an AUDIT_ARCH number",
+        ) from None
+
+
+def resolve_syscall(value: Any, arch: str | int) -> int:
+    if isinstance(value, bool):
+        raise UsageError(f"bad syscall {value!r}")
+    if isinstance(value, int):
+        if value < 0 or value > 0xFFFFFFFF:
+            raise UsageError(f"syscall number {value} is out of range")
+        return value
+    text = str(value).strip()
+    try:
+        return parse_value(text, "syscall number") & 0xFFFFFFFF
+    except UsageError:
+        pass
+    if not isinstance(arch, str) or arch not in ("x86_64", "aarch64"):
+        raise UsageError(
+            f"cannot resolve syscall name {text!r} for architecture {arch!r}: give its number"
+        )
+    from ..syscalls import nr
+
+    return nr(text, arch)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "emulate",
+        help="run a filter against a system call in the emulator",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("obj", metavar="OBJ.o", help="the BPF object (ebpfseccomp build)")
+    p.add_argument("--syscall", metavar="NAME|NR", help="the system call to emulate")
+    p.add_argument("--program", metavar="NAME", help="the program to run, if there are several")
+    p.add_argument("--arch", default="x86_64", metavar="ARCH",
+                   help="x86_64 (default) or aarch64; names resolve for this arch")
+    p.add_argument("--arg", action="append", default=[], metavar="I=VALUE",
+                   help="system call argument I (0..5); repeatable")
+    p.add_argument("--ip", default="0", metavar="X", help="instruction_pointer")
+    p.add_argument("--pid", metavar="P", help="pid (and tgid unless --tgid) of the caller")
+    p.add_argument("--tgid", metavar="T", help="tgid of the caller")
+    p.add_argument("--uid", metavar="U", help="uid of the caller")
+    p.add_argument("--gid", metavar="G", help="gid of the caller")
+    p.add_argument("--mem", action="append", default=[], metavar="ADDR=STRING",
+                   help="user memory for probe_read_user(_str); repeatable")
+    p.add_argument("--time", metavar="NS", help="what bpf_ktime_get_ns() returns")
+    p.add_argument("--seed", metavar="N", default="0", help="seed of bpf_get_prandom_u32()")
+    p.add_argument("--not-dumpable", action="store_true",
+                   help="the caller is not dumpable: user-memory reads return -EPERM")
+    p.add_argument("--ptrace-reads", action="store_true",
+                   help="the loader had CAP_SYS_PTRACE: read non-dumpable callers too")
+    p.add_argument("--map", action="append", default=[], metavar="NAME:KEY=VALUE",
+                   help="set a map entry before the first call; repeatable")
+    p.add_argument("--budget", metavar="N", help="instructions per call before giving up")
+    p.add_argument("--trace", metavar="FILE.jsonl",
+                   help="run a sequence of calls, one JSON object per line")
+    p.add_argument("--json", action="store_true", help="print the result as a JSON object")
+    p.set_defaults(func=run)
+
+
+def result_json(inp: SyscallInput, res: Result) -> dict[str, Any]:
+    v = res.verdict
+    return {
+        "syscall": inp.nr,
+        "action": v.action.name,
+        "data": v.data,
+        "value": v.value,
+        "verdict": str(v),
+        "insns": res.insns_executed,
+        "helpers": [{"insn": c.insn, "name": c.name, "ret": c.ret} for c in res.helper_calls],
+    }
+
+
+def _env(args: argparse.Namespace) -> Environment:
+    env = Environment()
+    if args.time is not None:
+        env.time_ns = parse_value(args.time, "--time")
+    env.seed = parse_value(args.seed, "--seed")
+    if args.pid is not None:
+        env.pid = parse_value(args.pid, "--pid")
+    if args.tgid is not None:
+        env.tgid = parse_value(args.tgid, "--tgid")
+    if args.uid is not None:
+        env.uid = parse_value(args.uid, "--uid")
+    if args.gid is not None:
+        env.gid = parse_value(args.gid, "--gid")
+    if args.budget is not None:
+        env.budget = parse_value(args.budget, "--budget")
+    env.dumpable = not args.not_dumpable
+    env.ptrace_reads = args.ptrace_reads
+    env.memory = dict(parse_mem(m) for m in args.mem)
+    return env
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.trace is None and args.syscall is None:
+        raise UsageError("give --syscall NAME|NR (or --trace FILE.jsonl)")
+    if args.trace is not None and args.syscall is not None:
+        raise UsageError("--syscall and --trace exclude each other")
+    arch = resolve_arch(args.arch)
+    call_args = [0] * 6
+    for text in args.arg:
+        i, value = parse_arg(text)
+        call_args[i] = value
+    ip = parse_value(args.ip, "--ip")
+    env = _env(args)
+    map_sets = [parse_map(m) for m in args.map]
+
+    obj = load_object(args.obj)
+    emu = Emulator(obj, args.program, env)
+    for name, key, value in map_sets:
+        m = emu.maps.get(name)
+        if m is None:
+            raise UsageError(
+                f"--map {name}: the program has no map {name!r} "
+                f"(maps: {', '.join(emu.maps) or 'none'})"
+            )
+        m.update(map_field(key, m.key_size, "key"), map_field(value, m.value_size, "value"))
+
+    if args.trace is None:
+        inp = SyscallInput(resolve_syscall(args.syscall, arch), arch, tuple(call_args), ip)
+        res = emu.run(inp)
+        if args.json:
+            print(json.dumps(result_json(inp, res)))
+        else:
+            print(res.verdict)
+        return 0
+
+    for lineno, inp in _trace_inputs(args.trace, arch, call_args, ip):
+        try:
+            res = emu.run(inp)
+        except EbpfSeccompError as exc:
+            raise type(exc)(f"line {lineno}: {exc.message}", path=args.trace,
+                            hint=exc.hint) from None
+        print(json.dumps(result_json(inp, res)), flush=False)
+    sys.stdout.flush()
+    return 0
+
+
+_TRACE_KEYS = {"syscall", "args", "arch", "pid", "tgid", "uid", "gid", "ip", "mem", "time"}
+
+
+def _int_field(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise UsageError(f"{what} must be an integer, got {value!r}")
+    return parse_value(value, what) if isinstance(value, str) else parse_value(str(value), what)
+
+
+def _trace_inputs(
+    path: str, arch: str | int, call_args: list[int], ip: int
+) -> Iterator[tuple[int, SyscallInput]]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise EbpfSeccompError(f"cannot read the trace: {exc.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise EbpfSeccompError("the trace is not UTF-8 text", path=path) from None
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            yield lineno, _trace_line(line, arch, call_args, ip)
+        except EbpfSeccompError as exc:
+            raise EbpfSeccompError(f"line {lineno}: {exc.message}", path=path,
+                                   hint=exc.hint) from None
+
+
+def _trace_line(line: str, arch: str | int, call_args: list[int], ip: int) -> SyscallInput:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise EbpfSeccompError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(rec, dict):
+        raise EbpfSeccompError("expected a JSON object like {\"syscall\": \"openat\"}")
+    unknown = sorted(set(rec) - _TRACE_KEYS)
+    if unknown:
+        raise EbpfSeccompError(
+            f"unknown key {unknown[0]!r} (keys: {', '.join(sorted(_TRACE_KEYS))})"
+        )
+    if "syscall" not in rec:
+        raise EbpfSeccompError("missing \"syscall\" (a name or a number)")
+    if "arch" in rec:
+        if not isinstance(rec["arch"], str):
+            raise EbpfSeccompError(f"arch must be a string, got {rec['arch']!r}")
+        arch = resolve_arch(rec["arch"])
+    args = list(call_args)
+    if "args" in rec:
+        vals = rec["args"]
+        if not isinstance(vals, list) or len(vals) > 6:
+            raise EbpfSeccompError("args must be a list of at most 6 integers")
+        args = [_int_field(v, f"args[{i}]") for i, v in enumerate(vals)]
+        args += [0] * (6 - len(args))
+    mem: dict[int, bytes] | None = None
+    if "mem" in rec:
+        if not isinstance(rec["mem"], dict):
+            raise EbpfSeccompError("mem must be an object {\"0xADDR\": \"string\"}")
+        mem = {}
+        for addr, value in rec["mem"].items():
+            if not isinstance(value, str):
+                raise EbpfSeccompError(f"mem[{addr}] must be a string")
+            mem[parse_value(addr, "mem address")] = mem_bytes(value)
+
+    def opt(key: str) -> int | None:
+        return _int_field(rec[key], key) if key in rec else None
+
+    return SyscallInput(
+        nr=resolve_syscall(rec["syscall"], arch),
+        arch=arch,
+        args=tuple(args),
+        ip=ip if "ip" not in rec else _int_field(rec["ip"], "ip"),
+        pid=opt("pid"),
+        tgid=opt("tgid"),
+        uid=opt("uid"),
+        gid=opt("gid"),
+        memory=mem,
+        time_ns=opt("time"),
+    )

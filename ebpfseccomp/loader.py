@@ -447,10 +447,17 @@ def load(
     obj = elf.load_object(spath)
     prog = obj.program(program)
     needs = Needs.from_program(obj, prog)
-    for name in maps or {}:
-        if name not in obj.maps:
+    for name, content in (maps or {}).items():
+        spec = obj.maps.get(name)
+        if spec is None:
             raise UsageError(f"--map {name}: the object has no map {name!r}",
                              path=spath, hint=f"maps: {', '.join(obj.maps) or 'none'}")
+        if spec.is_global:
+            _patch_global(name, spec.initial or bytes(spec.value_size), content)
+            continue
+        for k, v in content.items():  # bad keys and values stop us before bpf(2)
+            encode(k, spec.key_size, what=f"key {k!r} of map '{name}'")
+            encode(v, spec.value_size, what=f"value {v!r} of map '{name}'")
 
     creds = creds or Credentials.current()
     policy = policy or SystemPolicy.current()

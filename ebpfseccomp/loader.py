@@ -60,7 +60,7 @@ def encode(value: KeyLike, size: int, *, what: str = "value", arch: str | None =
     """
     if isinstance(value, bytes):
         if len(value) != size:
-            raise UsageError(f"{what} is {len(value)} bytes; the map needs {size}")
+            raise UsageError(f"{what}: {len(value)} bytes given, the map needs {size}")
         return value
     if isinstance(value, str):
         text = value.strip()
@@ -68,12 +68,12 @@ def encode(value: KeyLike, size: int, *, what: str = "value", arch: str | None =
             try:
                 raw = bytes.fromhex(text[4:])
             except ValueError:
-                raise UsageError(f"{what} {value!r}: not hex digits") from None
+                raise UsageError(f"{what}: {value!r} is not hex digits") from None
             return encode(raw, size, what=what)
         if text.startswith("str:"):
             raw = text[4:].encode()
             if len(raw) > size:
-                raise UsageError(f"{what} {value!r} is {len(raw)} bytes; the map holds {size}")
+                raise UsageError(f"{what}: {value!r} is {len(raw)} bytes, the map holds {size}")
             return raw.ljust(size, b"\0")
         try:
             number = int(text, 0)
@@ -84,16 +84,16 @@ def encode(value: KeyLike, size: int, *, what: str = "value", arch: str | None =
                 number = syscalls.nr(text, arch or _native_arch())
             except EbpfSeccompError:
                 raise UsageError(
-                    f"{what} {value!r} is neither a number, a syscall name, hex:BYTES "
+                    f"{what}: {value!r} is neither a number, a syscall name, hex:BYTES "
                     f"nor str:TEXT") from None
         return encode(number, size, what=what)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError(f"{what} {value!r}: give an int, bytes or a string")
+        raise UsageError(f"{what}: {value!r}: give an int, bytes or a string")
     if size > 8 and value >= 0:
         return value.to_bytes(size, "little")
     lo, hi = -(1 << (8 * size - 1)), (1 << (8 * size)) - 1
     if not lo <= value <= hi:
-        raise UsageError(f"{what} {value} does not fit in {size} bytes")
+        raise UsageError(f"{what}: {value} does not fit in {size} bytes")
     return (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
 
@@ -149,10 +149,10 @@ class Map:
         return self._slot * _sys.possible_cpus() if self.percpu else self.value_size
 
     def key(self, key: KeyLike) -> bytes:
-        return encode(key, self.key_size, what=f"key {key!r} of map '{self.name}'")
+        return encode(key, self.key_size, what=f"key of map '{self.name}'")
 
     def value(self, value: ValueLike) -> bytes:
-        raw = encode(value, self.value_size, what=f"value {value!r} of map '{self.name}'")
+        raw = encode(value, self.value_size, what=f"value of map '{self.name}'")
         if self.percpu:
             return raw.ljust(self._slot, b"\0") * _sys.possible_cpus()
         return raw
@@ -456,8 +456,8 @@ def load(
             _patch_global(name, spec.initial or bytes(spec.value_size), content)
             continue
         for k, v in content.items():  # bad keys and values stop us before bpf(2)
-            encode(k, spec.key_size, what=f"key {k!r} of map '{name}'")
-            encode(v, spec.value_size, what=f"value {v!r} of map '{name}'")
+            encode(k, spec.key_size, what=f"key of map '{name}'")
+            encode(v, spec.value_size, what=f"value of map '{name}'")
 
     creds = creds or Credentials.current()
     policy = policy or SystemPolicy.current()
@@ -541,6 +541,13 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                 log = ctypes.create_string_buffer(size) if log_level else None
                 _sys.program_set_log(target, log, log_level)
                 post: list[tuple[str, Mapping[KeyLike, ValueLike]]] = []
+                for mname in specs:
+                    # ".rodata.init.<map>" only carries <map>'s first entries (maps.h):
+                    # the program never reads it, so the kernel needs no map for it
+                    if mname.startswith(MAP_INIT_PREFIX):
+                        m = _sys.object_find_map(handle, mname)
+                        if m is not None:
+                            _sys.map_set_autocreate(m, False)
                 for mname, content in maps.items():
                     spec = specs.get(mname)
                     m = _sys.object_find_map(handle, mname)
@@ -565,6 +572,7 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
             finally:
                 _sys.object_close(handle)
         try:
+            _apply_map_init(result, specs, path)
             for mname, content in post:
                 target_map = result.maps[mname]
                 for k, v in content.items():
@@ -574,6 +582,28 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
             raise
         return result
     raise AssertionError("unreachable")
+
+
+MAP_INIT_PREFIX = ".rodata.init."
+
+
+def _apply_map_init(prog: Program, specs: Mapping[str, object], path: str) -> None:
+    """Write the entries of every ".rodata.init.<map>" section into <map>."""
+    for name, spec in specs.items():
+        if not name.startswith(MAP_INIT_PREFIX):
+            continue
+        target = prog.maps.get(name[len(MAP_INIT_PREFIX):])
+        if target is None or target.is_global:
+            raise ObjectError(f"section {name} initialises map "
+                              f"{name[len(MAP_INIT_PREFIX):]!r}, which the object does not "
+                              f"define", path=path)
+        data = bytes(getattr(spec, "initial", None) or b"")
+        step = target.key_size + target.value_size
+        if len(data) % step:
+            raise ObjectError(f"section {name} is {len(data)} bytes, not a multiple of the "
+                              f"{step}-byte key+value entries of map '{target.name}'", path=path)
+        for off in range(0, len(data), step):
+            target.update(data[off:off + target.key_size], data[off + target.key_size:off + step])
 
 
 def _patch_global(name: str, initial: bytes, content: Mapping[KeyLike, ValueLike]) -> bytes:
@@ -604,9 +634,9 @@ def _adopt(handle: int, target: int, name: str, path: str, specs: Mapping[str, o
         for m in _sys.object_maps(handle):
             d = _sys.map_describe(m)
             mfd = _sys.map_fd(m)
-            if mfd < 0:
-                continue
             label = _elf_name(d.name, specs)
+            if mfd < 0 or label.startswith(MAP_INIT_PREFIX):
+                continue
             spec = specs.get(label)
             result.maps[label] = Map(label, os.dup(mfd), d.type, d.key_size, d.value_size,
                                      d.max_entries, d.flags,

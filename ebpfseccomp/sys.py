@@ -498,6 +498,7 @@ def libbpf() -> ctypes.CDLL:
             "bpf_map__max_entries": (u32, [vp]),
             "bpf_map__map_flags": (u32, [vp]),
             "bpf_map__set_initial_value": (ci, [vp, vp, sz]),
+            "bpf_map__set_autocreate": (ci, [vp, ctypes.c_bool]),
             "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(sz)]),
             "libbpf_strerror": (ci, [ci, cp, sz]),
         }
@@ -641,6 +642,10 @@ def map_describe(m: int) -> LibbpfMap:
         int(lib.bpf_map__max_entries(h)),
         int(lib.bpf_map__map_flags(h)),
     )
+
+
+def map_set_autocreate(m: int, create: bool) -> None:
+    _neg(libbpf().bpf_map__set_autocreate(_c_void_p(m), create), "bpf_map__set_autocreate")
 
 
 def map_fd(m: int) -> int:

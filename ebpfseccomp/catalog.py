@@ -50,8 +50,9 @@ ENTRY_KEYS = frozenset(
 )
 
 #: A key or value of a map entry: an integer (stored little-endian in the
-#: map's key or value size), a list of byte values, or for keys only a
-#: syscall name (stored as its number on the daemon's architecture).
+#: map's key or value size), a list of byte values, or a string as the
+#: loader reads it (a syscall name, stored as its number on the daemon's
+#: architecture; "0x.."; "hex:00ff.."; "str:TEXT").
 MapItem = int | str | list[int]
 
 
@@ -184,14 +185,16 @@ def _map_item(val: object, where: str, *, key: bool) -> MapItem:
         if val < 0:
             raise CatalogError(f"{where}: negative numbers are not map data")
         return val
-    if isinstance(val, str) and key:
+    if isinstance(val, str):
         return val
     if isinstance(val, list) and all(
         isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in val
     ):
         return list(val)
-    allowed = "an integer, a syscall name or a list of bytes" if key else "an integer or bytes"
-    raise CatalogError(f"{where}: {val!r} is not {allowed}")
+    raise CatalogError(
+        f"{where}: {val!r} is not an integer, a string (syscall name, 0x number, "
+        '"hex:..", "str:..") or a list of byte values'
+    )
 
 
 def _maps(val: object) -> dict[str, list[tuple[MapItem, MapItem]]]:

@@ -1418,9 +1418,11 @@ _SIZE_NAME = {0x00: "u32", 0x08: "u16", 0x10: "u8", 0x18: "u64"}
 _ATOMIC_NAME = {BPF_ADD: "add", BPF_AND: "and", BPF_OR: "or", BPF_XOR: "xor"}
 
 
-def _imm(v: int) -> str:
+def _imm(v: int, bits32: bool = False) -> str:
     if -256 < v < 256:
         return str(v)
+    if bits32 and v < 0:
+        v &= 0xFFFFFFFF
     return f"-{-v:#x}" if v < 0 else f"{v:#x}"
 
 
@@ -1482,7 +1484,7 @@ class _Disassembler:
                 if op == BPF_MOV and ins.off in (8, 16, 32):
                     return f"{d} = (s{ins.off}){r}{ins.src}"
                 return f"{d} {sym} {r}{ins.src}"
-            return f"{d} {sym} {_imm(ins.imm)}"
+            return f"{d} {sym} {_imm(ins.imm, cls == BPF_ALU)}"
         if cls == BPF_LDX:
             text = f"r{ins.dst} = {_mem(ins.src, ins.off, ins.size, ins.mode == BPF_MEMSX)}"
             note = self.ctx_note(i, ins.src, ins.off, SIZE_BYTES[ins.size])
@@ -1546,7 +1548,7 @@ class _Disassembler:
         sym = _JMP_SYM.get(op)
         if sym is None:
             return f".insn {ins.code:#04x}  ; unknown jump"
-        rhs = f"{r}{ins.src}" if ins.source == BPF_X else _imm(ins.imm)
+        rhs = f"{r}{ins.src}" if ins.source == BPF_X else _imm(ins.imm, cls == BPF_JMP32)
         return f"if {r}{ins.dst} {sym} {rhs} goto {ins.off:+d} {self.label(t)}"  # type: ignore[arg-type]
 
     def render(self, show_bytes: bool = False) -> str:

@@ -8,7 +8,8 @@ PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/ebpfseccomp
 export EBPFSECCOMP_CACHE := $(CACHE)
 
-.PHONY: all deps venv lint test host-test kernel vm-test vm-shell demo bench clean help
+.PHONY: all deps venv lint test host-test kernel vm-test vm-shell demo bench bench-kernel \
+	selftest-baseline clean help
 
 all: help
 
@@ -19,6 +20,10 @@ help:
 	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched)"
 	@echo "make vm-test    run the VM-marked tests and selftests in the VM"
 	@echo "make bench      print the benchmark figures (docs/benchmarks.md)"
+	@echo "make bench-kernel  kernel build / VM boot / filter overhead figures"
+	@echo "make selftest-baseline  measure seccomp_bpf on the unpatched kernel"
+	@echo "make vm-shell   an interactive shell in the VM"
+	@echo "vm/run -- CMD   run one command in the VM (see docs/vm.md)"
 
 # Debian packages and the project venv.
 deps:
@@ -26,8 +31,11 @@ deps:
 
 venv: deps
 
+VM_PY_SCRIPTS := vm/run vm/vm-test vm/selftest-baseline
+
 lint: deps
-	$(VENV)/bin/ruff check ebpfseccomp tests tools vm bench
+	$(VENV)/bin/ruff check ebpfseccomp tests tools vm bench $(wildcard $(VM_PY_SCRIPTS))
+	bash -n vm/build-kernel vm/install-deps vm/guest-test
 
 host-test: deps
 	$(PY) -m pytest -q -m "not vm"
@@ -38,6 +46,13 @@ kernel: deps
 vm-test: kernel
 	@vm/vm-test
 
+vm-shell: kernel
+	@vm/run --interactive
+
+selftest-baseline: deps
+	@vm/build-kernel --baseline
+	@vm/selftest-baseline
+
 test: deps lint kernel
 	$(PY) -m pytest -q --vm
 
@@ -46,6 +61,9 @@ demo: kernel
 
 bench: deps
 	$(PY) bench/bench_toolchain.py
+
+bench-kernel: kernel
+	$(PY) bench/bench_kernel.py
 
 clean:
 	rm -rf build .pytest_cache .hypothesis

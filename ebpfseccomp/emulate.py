@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import random
+import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ def _addr(key: int, off: int = 0) -> int:
 
 
 CTX_ADDR = _addr(CTX_KEY)
+_FP0 = _addr(_STACK_KEY, 512)  # r10 of the main frame
 
 _CTX = struct.Struct("<IIQ6Q")
 
@@ -132,22 +134,23 @@ class SyscallInput:
 
     def pack(self) -> bytes:
         """struct seccomp_data for this call (64 bytes, little-endian)."""
-        if isinstance(self.arch, str):
+        arch = self.arch
+        if isinstance(arch, str):
             try:
-                arch = AUDIT_ARCH[self.arch]
+                arch = AUDIT_ARCH[arch]
             except KeyError:
                 raise EmulationError(
-                    f"unknown architecture {self.arch!r} (known: {', '.join(AUDIT_ARCH)})"
+                    f"unknown architecture {arch!r} (known: {', '.join(AUDIT_ARCH)})"
                 ) from None
-        else:
-            arch = self.arch
-        args = list(self.args)
-        if len(args) > 6:
-            raise EmulationError(f"a system call has at most 6 arguments, got {len(args)}")
-        args += [0] * (6 - len(args))
-        return _CTX.pack(
-            self.nr & M32, arch & M32, self.ip & M64, *(a & M64 for a in args)
-        )
+        args = self.args
+        if len(args) != 6:
+            if len(args) > 6:
+                raise EmulationError(f"a system call has at most 6 arguments, got {len(args)}")
+            args = (*args, *(0,) * (6 - len(args)))
+        try:
+            return _CTX.pack(self.nr, arch, self.ip, *args)
+        except struct.error:  # negative or too wide: take the low bits, as C would
+            return _CTX.pack(self.nr & M32, arch & M32, self.ip & M64, *(a & M64 for a in args))
 
 
 class HelperCall(NamedTuple):
@@ -223,6 +226,53 @@ def smod(a: int, b: int, bits: int) -> int:
 def bswap(v: int, bits: int) -> int:
     n = bits // 8
     return int.from_bytes((v & ((1 << bits) - 1)).to_bytes(n, "little"), "big")
+
+
+def _addr_expr(reg: int, off: int) -> str:
+    """Code for the address reg + off (addresses are 64-bit)."""
+    if off == 0:
+        return f"R[{reg}]"
+    return f"(R[{reg}] + {off}) & {M64}"
+
+
+_REG = re.compile(r"R\[(\d+)\]")
+_WRITE = re.compile(r"(?m)^\s*R\[(\d+)\] = ")
+
+
+def _localise(body: list[str]) -> list[str]:
+    """Rewrite a block's code to keep registers in local variables.
+
+    R[i] becomes the local ri, loaded once at the top of the block and stored
+    back before the block returns or calls a helper (helpers read r1-r5 from
+    R and clobber them)."""
+    load: set[int] = set()  # read before being written in the block
+    written: set[int] = set()
+    out: list[str] = []
+
+    def sync() -> None:
+        if written:
+            out.append("; ".join(f"R[{r}] = r{r}" for r in sorted(written)))
+
+    def reads(text: str) -> None:
+        load.update(r for r in map(int, _REG.findall(_WRITE.sub("", text))) if r not in written)
+
+    for line in body:
+        if line.startswith("R[0] = H"):  # helper call: R[0] = Hn(R, pc); clobber r1-r5
+            sync()
+            out.append("r0 = " + line.split(";")[0][len("R[0] = "):])
+            out.append("r1 = r2 = r3 = r4 = r5 = 0")
+            written.update(range(6))
+            continue
+        if line.startswith("return"):
+            reads(line)
+            sync()
+            out.append(_REG.sub(r"r\1", line))
+            continue
+        reads(line)
+        written.update(int(m) for m in _WRITE.findall(line))
+        out.append(_REG.sub(r"r\1", line))
+    loads = [f"r{r} = R[{r}]" for r in sorted(load)]
+    return (["; ".join(loads)] if loads else []) + out
 
 
 class _Unsupported(Exception):
@@ -359,6 +409,7 @@ class _Translator:
                     )
                     body.append(f"return ERR({eid})")
             lens[start] = count
+            body = _localise(body)
             chunks.append(f"def _b{start}(R):\n    " + "\n    ".join(body) + "\n")
         source = "\n".join(chunks)
         code = compile(source, f"<bpf program {getattr(self.prog, 'name', '?')}>", "exec")
@@ -540,7 +591,7 @@ class _Translator:
         size = I.SIZE_BYTES[ins.size]
         if ins.dst == 10:
             raise _Unsupported("load into r10, the read-only frame pointer")
-        addr = f"(R[{ins.src}] + {ins.off}) & {M64}"
+        addr = _addr_expr(ins.src, ins.off)
         if ins.mode == I.BPF_MEM:
             return f"R[{ins.dst}] = {_LD[size]}({addr}, {i})"
         if ins.mode == I.BPF_MEMSX:
@@ -554,12 +605,12 @@ class _Translator:
         if ins.mode != I.BPF_MEM:
             raise _Unsupported(f"store-immediate mode {ins.mode:#04x}")
         size = I.SIZE_BYTES[ins.size]
-        return f"{_ST[size]}((R[{ins.dst}] + {ins.off}) & {M64}, {ins.imm & M64}, {i})"
+        return f"{_ST[size]}({_addr_expr(ins.dst, ins.off)}, {ins.imm & M64}, {i})"
 
     def stx(self, i: int, ins: I.Insn) -> str:
         self._mem_regs(ins)
         size = I.SIZE_BYTES[ins.size]
-        addr = f"(R[{ins.dst}] + {ins.off}) & {M64}"
+        addr = _addr_expr(ins.dst, ins.off)
         if ins.mode == I.BPF_MEM:
             return f"{_ST[size]}({addr}, R[{ins.src}], {i})"
         if ins.mode != I.BPF_ATOMIC:
@@ -660,9 +711,9 @@ class Emulator:
         self._run_addr: dict[int, int] = {}  # id(value buffer) -> key
         self._frames: list[tuple[int, list[int]]] = []
         self._calls: list[HelperCall] = []
-        self._user: list[tuple[int, bytes]] = []
+        self._inp = SyscallInput(0)
+        self._user: list[tuple[int, bytes]] | None = None
         self._user_starts: list[int] = []
-        self._pid = self._tgid = self._uid = self._gid = 0
         self._compile()
         self._apply_map_init()
 
@@ -673,36 +724,24 @@ class Emulator:
         return str(self.prog.name)
 
     def run(self, inp: SyscallInput) -> Result:
-        env = self.env
+        """Run the program once for INP; maps and globals keep their state."""
         self._rd[CTX_KEY] = inp.pack()
         self._stacks[0][:] = _ZERO_STACK
-        for key in range(_RUN_KEY, self._run_next):
-            del self._rd[key]
-            self._wr.pop(key, None)
-        self._run_next = _RUN_KEY
-        self._run_addr.clear()
-        self._frames.clear()
+        if self._run_next != _RUN_KEY:
+            for key in range(_RUN_KEY, self._run_next):
+                del self._rd[key]
+                del self._wr[key]
+            self._run_next = _RUN_KEY
+            self._run_addr.clear()
+        if self._frames:
+            self._frames.clear()  # left over from a run that raised
         self._calls = calls = []
         if inp.time_ns is not None:
             self.now_ns = inp.time_ns
-        self._pid = env.pid if inp.pid is None else inp.pid
-        if inp.tgid is not None:
-            self._tgid = inp.tgid
-        elif inp.pid is not None:
-            self._tgid = inp.pid
-        else:
-            self._tgid = env.pid if env.tgid is None else env.tgid
-        self._uid = env.uid if inp.uid is None else inp.uid
-        self._gid = env.gid if inp.gid is None else inp.gid
-        mem = dict(env.memory)
-        if inp.memory:
-            mem.update(inp.memory)
-        self._user = sorted((a, bytes(b)) for a, b in mem.items())
-        self._user_starts = [a for a, _ in self._user]
+        self._inp = inp
+        self._user = None  # user memory, built when a helper first reads it
 
-        R = [0] * 11
-        R[1] = CTX_ADDR
-        R[10] = _addr(_STACK_KEY, MAX_BPF_STACK)
+        R = [0, CTX_ADDR, 0, 0, 0, 0, 0, 0, 0, 0, _FP0]
         funcs = self._funcs
         lens = self._lens
         budget = self.budget
@@ -718,6 +757,29 @@ class Emulator:
             pc = funcs[pc](R)  # type: ignore[misc]
         r0 = R[0]
         return Result(Verdict(r0 & M32), n, calls, r0)
+
+    def _ids(self) -> tuple[int, int, int, int]:
+        """(pid, tgid, uid, gid) of the current call."""
+        env, inp = self.env, self._inp
+        pid = env.pid if inp.pid is None else inp.pid
+        if inp.tgid is not None:
+            tgid = inp.tgid
+        elif inp.pid is not None:
+            tgid = inp.pid
+        else:
+            tgid = env.pid if env.tgid is None else env.tgid
+        uid = env.uid if inp.uid is None else inp.uid
+        gid = env.gid if inp.gid is None else inp.gid
+        return pid, tgid, uid, gid
+
+    def _user_memory(self) -> list[tuple[int, bytes]]:
+        if self._user is None:
+            mem = dict(self.env.memory)
+            if self._inp.memory:
+                mem.update(self._inp.memory)
+            self._user = sorted((a, bytes(b)) for a, b in mem.items())
+            self._user_starts = [a for a, _ in self._user]
+        return self._user
 
     def _apply_map_init(self) -> None:
         """Fill maps from their ".rodata.init.<map>" sections (bpf/include/ebpfseccomp/maps.h)."""
@@ -1021,10 +1083,12 @@ class Emulator:
         return self.rng.getrandbits(32)
 
     def _h_get_current_pid_tgid(self, R: list[int], pc: int) -> int:
-        return ((self._tgid & M32) << 32) | (self._pid & M32)
+        pid, tgid, _, _ = self._ids()
+        return ((tgid & M32) << 32) | (pid & M32)
 
     def _h_get_current_uid_gid(self, R: list[int], pc: int) -> int:
-        return ((self._gid & M32) << 32) | (self._uid & M32)
+        _, _, uid, gid = self._ids()
+        return ((gid & M32) << 32) | (uid & M32)
 
     def _may_read_user(self) -> bool:
         return self.env.dumpable or self.env.ptrace_reads
@@ -1033,13 +1097,14 @@ class Emulator:
         """Up to SIZE bytes of user memory at ADDR; None if a byte faults first.
 
         With stop_at_nul, reading stops after the first NUL (included)."""
+        user = self._user_memory()
         out = bytearray()
         starts = self._user_starts
         while len(out) < size:
             i = bisect.bisect_right(starts, addr) - 1
             if i < 0:
                 return None
-            start, data = self._user[i]
+            start, data = user[i]
             off = addr - start
             if off >= len(data):
                 return None

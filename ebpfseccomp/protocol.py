@@ -184,8 +184,6 @@ class FrameParser:
         if self._pos == len(self._buf):
             self._buf.clear()
             self._pos = 0
-        else:
-            self._check_header()
         return payload
 
     def frames(self) -> Iterator[bytes]:

@@ -456,6 +456,7 @@ class _Checker:
         self.subprog_starts: list[int] = [0]
         self.stack_depth: dict[int, int] = {}
         self._seen: set[tuple[int | None, str]] = set()
+        self.cfg_ok = False  # set once every edge of the control-flow graph is in range
 
     # --- reporting ------------------------------------------------------------
 
@@ -719,6 +720,7 @@ class _Checker:
                     return False
             succ[i] = out
         self.succ = succ
+        self.cfg_ok = True
         state: dict[int, int] = {}  # 1 on stack, 2 done
         back_edges: list[tuple[int, int]] = []
         stack: list[tuple[int, int]] = [(0, 0)]
@@ -1322,9 +1324,10 @@ class _Checker:
                 )
         if n:
             encoding_ok = self.check_encoding()
-            flow_ok = self.check_flow() if encoding_ok else False
+            if encoding_ok:
+                self.check_flow()
             self.check_calls_and_maps()
-            if encoding_ok and flow_ok:
+            if encoding_ok and self.cfg_ok:
                 self.dataflow()
                 self.check_accesses()
                 self.check_frames()
@@ -1442,7 +1445,9 @@ class _Disassembler:
         checker = _Checker(obj, prog, unprivileged=False)
         self.states: dict[int, _State] = {}
         try:
-            if checker.check_encoding() and checker.check_flow():
+            if checker.check_encoding():
+                checker.check_flow()
+            if checker.cfg_ok:
                 checker.dataflow()
                 self.states = checker.states
         except Exception:  # the listing must never fail because of the analysis

@@ -257,7 +257,7 @@ class Program:
 
     def pin(self, path: str | os.PathLike[str], *, mode: int | None = None,
             maps: bool = True) -> str:
-        """Pin the program at PATH in bpffs (maps under PATH.maps/), chmod to MODE."""
+        """Pin the program at PATH in bpffs (maps under PATH_maps/), chmod to MODE."""
         p = os.fspath(path)
         _check_bpffs(p)
         try:
@@ -269,13 +269,13 @@ class Program:
             if mode is not None:
                 os.chmod(p, mode)
             if maps and self.maps:
-                d = p + ".maps"
+                d = maps_dir(p)
                 os.mkdir(d)
                 created.append(d)
                 if mode is not None:
                     os.chmod(d, _dir_mode(mode))
                 for name, m in self.maps.items():
-                    mp = os.path.join(d, name)
+                    mp = os.path.join(d, pin_name(name))
                     _sys.obj_pin(m.fd, mp)
                     created.append(mp)
         except OSError as exc:
@@ -331,7 +331,21 @@ def _remove(path: str) -> None:
         pass
 
 
-BPF_FS_MAGIC = 0xCAFE4A11
+def maps_dir(pin: str) -> str:
+    """Where the maps of the program pinned at PIN are pinned (bpffs forbids '.')."""
+    return pin + "_maps"
+
+
+def pin_name(map_name: str) -> str:
+    """A map's name in bpffs: '.' is reserved there, so ".data" becomes "_data"."""
+    return map_name.replace(".", "_")
+
+
+def unpin_name(entry: str) -> str:
+    for sec in ("data", "rodata", "bss"):
+        if entry == "_" + sec or entry.startswith(f"_{sec}_"):
+            return "." + entry[1:].replace("_", ".", 1) if entry != "_" + sec else "." + sec
+    return entry
 
 
 def _check_bpffs(path: str) -> None:
@@ -340,6 +354,9 @@ def _check_bpffs(path: str) -> None:
         raise UsageError(f"cannot pin at {path}: directory {parent} does not exist",
                          hint="pins live in a bpf file system, e.g. /sys/fs/bpf "
                               "(mount -t bpf bpf /sys/fs/bpf)")
+    if "." in os.path.basename(path):
+        raise UsageError(f"cannot pin at {path}: names in a bpf file system may not contain "
+                         f"'.'", hint="e.g. /sys/fs/bpf/allowlist")
     if not is_bpffs(parent):
         raise UsageError(f"cannot pin at {path}: {parent} is not in a bpf file system",
                          hint="pin under /sys/fs/bpf (mount -t bpf bpf /sys/fs/bpf)")
@@ -459,6 +476,8 @@ def load(
             encode(k, spec.key_size, what=f"key of map '{name}'")
             encode(v, spec.value_size, what=f"value of map '{name}'")
 
+    if pin is not None:
+        _check_bpffs(os.fspath(pin))
     creds = creds or Credentials.current()
     policy = policy or SystemPolicy.current()
     prediction = predict(needs, creds, policy)
@@ -706,7 +725,7 @@ def open_pinned(path: str | os.PathLike[str]) -> Program:
         os.close(fd)
         raise
     prog.pinned = p
-    d = p + ".maps"
+    d = maps_dir(p)
     if os.path.isdir(d):
         try:
             for entry in sorted(os.listdir(d)):
@@ -716,8 +735,9 @@ def open_pinned(path: str | os.PathLike[str]) -> Program:
                 except OSError:
                     os.close(mfd)
                     continue
-                prog.maps[entry] = Map(entry, mfd, info.type, info.key_size, info.value_size,
-                                       info.max_entries, info.flags)
+                name = unpin_name(entry)
+                prog.maps[name] = Map(name, mfd, info.type, info.key_size, info.value_size,
+                                      info.max_entries, info.flags)
         except (OSError, EbpfSeccompError):
             pass  # maps are a convenience; the program is what gets attached
     return prog

@@ -251,8 +251,19 @@ class ProgInfo:
     map_ids: tuple[int, ...]
 
 
+def fd_kind(fd: int) -> str:
+    """What FD is, as /proc names it: "bpf-prog", "bpf-map", "bpf-link", or a path."""
+    try:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError as exc:
+        raise OSError(exc.errno, f"fd {fd}: {exc.strerror}") from None
+    return target.removeprefix("anon_inode:")
+
+
 def prog_info(fd: int) -> ProgInfo:
     """Type, id, name and map ids of the program behind FD (EINVAL: not a program)."""
+    if fd_kind(fd) != "bpf-prog":
+        raise OSError(_errno.EINVAL, f"fd {fd} is not a BPF program")
     raw = _info(fd, 80)
     ptype, pid = struct.unpack_from("<II", raw, 0)
     nr_maps = struct.unpack_from("<I", raw, 52)[0]
@@ -285,6 +296,8 @@ class MapInfo:
 
 def map_info(fd: int) -> MapInfo:
     """Type, id, sizes and name of the map behind FD (EINVAL: not a map)."""
+    if fd_kind(fd) != "bpf-map":
+        raise OSError(_errno.EINVAL, f"fd {fd} is not a BPF map")
     raw = _info(fd, 40)
     mtype, mid, ks, vs, me, fl = struct.unpack_from("<IIIIII", raw, 0)
     name = raw[24:40].split(b"\0", 1)[0].decode(errors="replace")

@@ -18,7 +18,7 @@ kernel.unprivileged_bpf_disabled=2) can still run under it:
 The program is loaded with the administrator's privilege: its helper tier
 (what it may call, whose memory it may read) is decided now, by the loader's
 capabilities and kernel.yama.ptrace_scope, not by whoever attaches it later.
-Its maps are pinned beside it in PATH.maps/NAME with the same read
+Its maps are pinned beside it in PATH_maps/NAME with the same read
 permissions; only the owner can update them.  State in maps is shared by
 every process that runs under the pinned program.
 
@@ -32,7 +32,7 @@ numbers (42, 0x2a, -1), syscall names (openat: its number), hex:BYTES or
 str:TEXT (NUL-padded).  Global variables live in .data/.bss/.rodata: there
 KEY is the byte offset, e.g. --map .rodata:0=5.
 
-To remove a pin: rm PATH; rm -r PATH.maps
+Names in bpffs may not contain '.'.  To remove a pin: rm PATH; rm -r PATH_maps
 """
 
 
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             if prog.log:
                 print(prog.log.rstrip())
         print(prog.summary())
-        where = f" and {args.pin}.maps/" if prog.maps else ""
+        where = f" and {args.pin}_maps/" if prog.maps else ""
         print(f"pinned at {args.pin}{where}"
               + (f" (mode {mode:04o})" if mode is not None else " (mode 0600: owner only)"))
         print(f"run under it: ebpfseccomp run --pinned {args.pin} -- CMD ARGS")

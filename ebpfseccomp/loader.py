@@ -482,7 +482,7 @@ def load(
     policy = policy or SystemPolicy.current()
     prediction = predict(needs, creds, policy)
     if check:
-        _static_check(obj, prog, spath)
+        _static_check(obj, prog, spath, creds)
         if not prediction.ok:
             raise PrivilegeError(
                 f"program '{prog.name}' would be refused by the kernel "
@@ -503,35 +503,40 @@ def load(
     return result
 
 
-def _static_check(obj: object, prog: object, path: str) -> None:
-    """inspect.check's problems that are not about privilege stop the load early."""
+#: Checker problem codes that privilege.predict explains itself (with the fix).
+PREDICTED_CODES = frozenset({"loop", "subprog", "too-big", "tracing", "helper-tier"})
+
+
+def _static_check(obj: object, prog: object, path: str, creds: Credentials) -> None:
+    """inspect.check's problems stop the load before bpf(2).
+
+    Problems under the privileged rules are the object's fault (ObjectError);
+    the further ones the unprivileged rules find (pointer leaks and the like)
+    are a PrivilegeError when this loader lacks CAP_BPF, unless
+    privilege.predict already explains them.
+    """
     try:
         from . import inspect as _inspect
     except ImportError:
         return
-    check = getattr(_inspect, "check", None)
-    if check is None:
-        return
-    try:
-        report = check(obj, getattr(prog, "name", None))
-    except TypeError:
-        report = check(obj)
-    problems = [p for p in getattr(report, "problems", []) or []
-                if not getattr(p, "privilege", False)]
-    fatal = [p for p in problems if getattr(p, "severity", "error") == "error"
-             and not _is_privilege_problem(str(p))]
+    name = getattr(prog, "name", None)
+    report = _inspect.check(obj, name)  # type: ignore[arg-type]
+    fatal = list(report.problems)
     if fatal:
         text = "; ".join(str(p) for p in fatal[:8])
         more = f" (and {len(fatal) - 8} more)" if len(fatal) > 8 else ""
-        raise ObjectError(f"the kernel's verifier would refuse program "
-                          f"'{getattr(prog, 'name', '?')}': {text}{more}", path=path,
-                          hint="`ebpfseccomp check` lists every problem")
-
-
-def _is_privilege_problem(text: str) -> bool:
-    t = text.lower()
-    return any(w in t for w in ("cap_bpf", "cap_perfmon", "cap_sys_ptrace", "privilege",
-                                "unprivileged", "tier"))
+        raise ObjectError(f"the kernel's verifier would refuse program '{name}': {text}{more}",
+                          path=path, hint="`ebpfseccomp check` lists every problem")
+    if creds.bpf_capable:
+        return
+    ureport = _inspect.check(obj, name, unprivileged=True)  # type: ignore[arg-type]
+    extra = [p for p in ureport.problems if p.code not in PREDICTED_CODES
+             and "CAP_PERFMON" not in p.message]
+    if extra:
+        text = "; ".join(str(p) for p in extra[:8])
+        raise PrivilegeError(f"without CAP_BPF the verifier would refuse program '{name}': "
+                             f"{text}", path=path,
+                             hint="load with CAP_BPF, or change the program as suggested")
 
 
 def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,

@@ -1078,12 +1078,18 @@ class _Checker:
                         "return a SECCOMP_RET_* value",
                     )
                 elif any(_is_pointer(p) for p in r0):
-                    self.problem(
-                        i,
-                        "ptr-return",
-                        "R0 leaks addr as return value",
-                        "return a SECCOMP_RET_* value, not a pointer",
-                    )
+                    if self.unprivileged:
+                        self.problem(
+                            i,
+                            "ptr-return",
+                            "R0 leaks addr as return value",
+                            "return a SECCOMP_RET_* value, not a pointer",
+                        )
+                    else:
+                        self.notes.append(
+                            f"insn {i}: the program may return a pointer; the kernel allows "
+                            "that only with CAP_PERFMON, and the action is then meaningless"
+                        )
             elif _is_cond_jump(ins) and ins.source == BPF_X and self.unprivileged:
                 if any(_is_pointer(p) for p in st.reg(ins.src)):
                     self.problem(

@@ -9,7 +9,7 @@ CACHE ?= $(HOME)/.cache/ebpfseccomp
 export EBPFSECCOMP_CACHE := $(CACHE)
 
 .PHONY: all deps venv lint test host-test kernel vm-test vm-shell demo bench bench-kernel \
-	selftest-baseline clean help
+	selftest-baseline check-series clean help
 
 all: help
 
@@ -22,6 +22,7 @@ help:
 	@echo "make bench      print the benchmark figures (docs/benchmarks.md)"
 	@echo "make bench-kernel  kernel build / VM boot / filter overhead figures"
 	@echo "make selftest-baseline  measure seccomp_bpf on the unpatched kernel"
+	@echo "make check-series  each kernel patch applies, builds and passes checkpatch"
 	@echo "make vm-shell   an interactive shell in the VM"
 	@echo "vm/run -- CMD   run one command in the VM (see docs/vm.md)"
 
@@ -35,7 +36,7 @@ VM_PY_SCRIPTS := vm/run vm/vm-test vm/selftest-baseline
 
 lint: deps
 	$(VENV)/bin/ruff check ebpfseccomp tests tools vm bench $(wildcard $(VM_PY_SCRIPTS))
-	bash -n vm/build-kernel vm/install-deps vm/guest-test
+	bash -n vm/build-kernel vm/install-deps vm/guest-test vm/check-series
 
 host-test: deps
 	$(PY) -m pytest -q -m "not vm"
@@ -52,6 +53,9 @@ vm-shell: kernel
 selftest-baseline: deps
 	@vm/build-kernel --baseline
 	@vm/selftest-baseline
+
+check-series: kernel
+	@vm/check-series
 
 test: deps lint kernel
 	$(PY) -m pytest -q --vm

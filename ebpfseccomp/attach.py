@@ -105,7 +105,13 @@ def attach(prog_fd: int, flags: Iterable[str | int] | int = (), *,
 
 
 def attach_error(err: int, prog_fd: int, flags: int) -> KernelError:
-    """The KernelError for seccomp(2) answering ERR when attaching PROG_FD."""
+    """The KernelError for seccomp(2) answering ERR when attaching PROG_FD (.errno: ERR)."""
+    exc = _attach_error(err, prog_fd, flags)
+    exc.errno = err  # type: ignore[attr-defined]
+    return exc
+
+
+def _attach_error(err: int, prog_fd: int, flags: int) -> KernelError:
     if err == _errno.EINVAL:
         return KernelError(_explain_einval(prog_fd, flags))
     if err == _errno.EACCES:

@@ -484,10 +484,7 @@ def load(
     if check:
         _static_check(obj, prog, spath, creds)
         if not prediction.ok:
-            raise PrivilegeError(
-                f"program '{prog.name}' would be refused by the kernel "
-                f"({_errno.errorcode.get(prediction.errno or 0, '?')}): "
-                + " ".join(prediction.reasons), path=spath)
+            raise _predicted_refusal(prediction, prog.name, spath)
 
     result = _load_with_libbpf(spath, prog, obj, needs, maps or {}, log_level)
     result.prediction = prediction
@@ -505,6 +502,15 @@ def load(
 
 #: Checker problem codes that privilege.predict explains itself (with the fix).
 PREDICTED_CODES = frozenset({"loop", "subprog", "too-big", "tracing", "helper-tier"})
+
+
+def _predicted_refusal(prediction: Prediction, name: str, path: str) -> PrivilegeError:
+    code = _errno.errorcode.get(prediction.errno or 0, "?")
+    exc = PrivilegeError(f"program '{name}' would be refused by the kernel ({code}): "
+                         + " ".join(prediction.reasons), path=path)
+    exc.errno = prediction.errno  # type: ignore[attr-defined]
+    exc.prediction = prediction  # type: ignore[attr-defined]
+    return exc
 
 
 def _static_check(obj: object, prog: object, path: str, creds: Credentials) -> None:
@@ -682,6 +688,14 @@ def _elf_name(libbpf_name: str, specs: Mapping[str, object]) -> str:
 
 def _load_error(err: int, log: str, msgs: list[tuple[int, str]], name: str, path: str,
                 lines: Mapping[int, object], needs: Needs) -> KernelError:
+    exc = _load_error_text(err, log, msgs, name, path, lines, needs)
+    exc.errno = err  # type: ignore[attr-defined]  # the kernel's answer, for tests and callers
+    exc.log = log  # type: ignore[attr-defined]
+    return exc
+
+
+def _load_error_text(err: int, log: str, msgs: list[tuple[int, str]], name: str, path: str,
+                     lines: Mapping[int, object], needs: Needs) -> KernelError:
     words = _ERRNO_WORDS.get(err, f"{_errno.errorcode.get(err, err)}: {os.strerror(err)}")
     failed_map = next((t.strip() for _, t in msgs if "failed to create" in t
                        or "failed to create map" in t), None)

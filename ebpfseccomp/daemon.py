@@ -254,6 +254,7 @@ class Checked:
     report: Any = None
     maps: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (key, value size)
     wants: Tier | None = None  # the tier it needs to work fully (PTRACE: reads user memory)
+    program: str | None = None  # the program's name in the object
 
 
 @dataclass
@@ -302,6 +303,7 @@ class Backend:
             report=report,
             maps=maps,
             wants=Tier(report.tier),
+            program=report.program,
         )
 
     def predict(self, checked: Checked, peer: Peer) -> Decision:
@@ -505,7 +507,7 @@ class Loaded:
             "tier": e.tier.name.lower(),
             "needs_tier": self.checked.tier.name.lower(),
             "reads_any_task": bool(self.caps & cap_bit(CAP_SYS_PTRACE)),
-            "program": e.program,
+            "program": e.program or self.checked.program or e.name,
             "per_client": e.per_client,
             "maps": sorted(self.checked.maps),
             "sha256": self.sha256,
@@ -1351,6 +1353,8 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
         opts = options_from(args)
         daemon = Daemon(opts, backend)
         daemon.load_catalog()
+        # The socket first: its path may be where only root can create it.
+        daemon.open_socket()
         if opts.drop_privileges:
             keep = catalog_caps(
                 [ld.entry for ld in daemon.loaded.values()],
@@ -1359,7 +1363,6 @@ def main(argv: Sequence[str] | None = None, backend: Backend | None = None) -> i
             )
             drop_privileges(keep, opts.user, daemon.workdir)
             log.info("privileges dropped; keeping %s", ", ".join(cap_names(keep)))
-        daemon.open_socket()
         daemon.serve(ready=_notify_ready)
     except EbpfSeccompError as exc:
         print(f"ebpfseccompd: error: {exc.render()}", file=sys.stderr)

@@ -470,3 +470,23 @@ def test_cli_load_pins(objs: dict[str, Path], bpffs: Path) -> None:
         L.contract.BPF_PROG_TYPE_SECCOMP = old
     assert code == 0
     assert (bpffs / "p").exists()
+
+
+# --- ptrace_scope=3 in a boot of its own ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_scope3_matrix_in_its_own_boot(request: pytest.FixtureRequest) -> None:
+    """kernel.yama.ptrace_scope=3 cannot be lowered until reboot, so its cells of the
+    privilege matrix run in a VM boot of their own (only with pytest --vm)."""
+    if not request.config.getoption("--vm", default=False):
+        pytest.skip("needs the patched kernel in the VM: run with --vm (make test)")
+    r = subprocess.run(
+        [str(REPO / "vm" / "run"), "--", "env", "EBPFSECCOMP_SCOPE3=1",
+         str(REPO / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-m", "vm",
+         "-p", "no:cacheprovider", "-rs",
+         "tests/vm/test_privilege_matrix.py::test_privilege_matrix_scope3"],
+        capture_output=True, text=True, cwd=REPO, timeout=3000)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-4000:]
+    assert "1 passed" in out, out[-4000:]

@@ -193,6 +193,7 @@ def main() -> int:
         if st["entries"] != args.entries:
             sys.exit(f"only {st['entries']} of {args.entries} entries loaded: {st.get('problems')}")
         rss_loaded = rss_kib(proc.pid)
+        time.sleep(0.3)  # let the daemon see the stats client hang up
         fds_before = len(os.listdir(f"/proc/{proc.pid}/fd"))
         levels = [run_level(sock, int(c), args.requests, "f000") for c in args.clients.split(",")]
         time.sleep(0.3)

@@ -581,12 +581,25 @@ class Audit:
         self.reopen()
 
     def reopen(self) -> None:
+        """Open (again, after logrotate) the log file; on failure keep the old one."""
+        if not self.path:
+            return
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            if self.file is None:
+                raise EbpfSeccompError(
+                    f"cannot open the audit log: {exc.strerror}", path=self.path
+                ) from None
+            log.error(
+                "audit log %s: cannot reopen (%s); still writing the old file",
+                self.path,
+                exc.strerror,
+            )
+            return
         if self.file is not None:
             self.file.close()
-            self.file = None
-        if self.path:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-            self.file = os.fdopen(fd, "a", buffering=1)
+        self.file = os.fdopen(fd, "a", buffering=1)
 
     def write(self, peer: Peer, op: str, name: str | None, granted: bool, **extra: Any) -> None:
         if self.file is None:
@@ -641,6 +654,7 @@ class Options:
 class Daemon:
     def __init__(self, opts: Options, backend: Backend | None = None):
         self.opts = opts
+        self.audit = Audit(opts.audit_log)  # first: may refuse, before anything is made
         self.backend = backend or Backend()
         self.sel = selectors.DefaultSelector()
         self.listener: socket.socket | None = None
@@ -650,7 +664,6 @@ class Daemon:
         self.problems: list[Problem] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="ebpfseccompd-"))
         self.ptrace_scope = self.backend.ptrace_scope()
-        self.audit = Audit(opts.audit_log)
         self.counters: Counter[str] = Counter()
         self.started = time.time()
         self.running = False
@@ -833,6 +846,7 @@ class Daemon:
     def reload(self) -> None:
         log.info("SIGHUP: reloading the catalog")
         self.counters["reloads"] += 1
+        self.ptrace_scope = self.backend.ptrace_scope()
         try:
             settings = load_settings(self.opts.config)
             self.opts.client_timeout = settings.client_timeout

@@ -519,6 +519,8 @@ def test_submit_within_and_beyond_tier(start: Any, catalog: Path, tmp_path: Path
     subs = [x for x in lines if x["op"] == "submit"]
     assert [x["granted"] for x in subs] == [True, False, False, False]
     assert subs[1]["code"] == "refused" and "CAP_SYS_PTRACE" in subs[1]["reason"]
+    if os.geteuid() == 0:  # root's own capabilities carry over to its submission
+        assert set(subs[0]["caps"]) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYS_PTRACE"}
     assert all(x["uid"] == 0 and x["pid"] > 0 for x in lines)
     assert not list(d.log.parent.glob("ebpfseccompd-*"))  # private dir is in /tmp
 
@@ -756,3 +758,56 @@ def test_real_backend_skips_unloadable_entries(tmp_path: Path, catalog: Path) ->
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# --- client identity --------------------------------------------------------------
+
+
+def test_identify_reads_peer_caps_through_pidfd() -> None:
+    from ebpfseccomp.daemon import identify
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        peer = identify(a)
+    assert (peer.pid, peer.uid, peer.gid) == (os.getpid(), os.getuid(), os.getgid())
+    status = Path("/proc/self/status").read_text()
+    capeff = int(status.split("CapEff:")[1].split()[0], 16)
+    assert peer.caps == capeff and peer.same_userns
+    assert peer.caps_source in ("SO_PEERPIDFD", "pidfd_open")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change uid")
+def test_identify_ignores_caps_after_uid_change() -> None:
+    """A client that connected as root and then became another user is seen
+    with the uid of connect() and no capabilities."""
+    from ebpfseccomp.daemon import identify
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the "client": b was created (connected) while it was root
+        a.close()
+        os.setresuid(65534, 65534, 65534)
+        os.write(done_w, b"x")
+        os.read(go_r, 1)
+        os._exit(0)
+    try:
+        b.close()
+        os.read(done_r, 1)
+        # the socketpair's peer credentials are the creator's (this process),
+        # so check through a pidfd of the child directly
+        from ebpfseccomp.daemon import read_peer_caps
+
+        pidfd = os.pidfd_open(pid)
+        try:
+            caps, _same = read_peer_caps(pidfd, 0, 0)
+        finally:
+            os.close(pidfd)
+        assert caps == 0
+        peer = identify(a)
+        assert peer.uid == 0
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+        a.close()

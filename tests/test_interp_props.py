@@ -256,3 +256,45 @@ def test_jump_immediate_source(name: str, bits: int, a: int, imm: int, same: boo
     insn = I.Insn(JCLASSES[bits] | op | I.BPF_K, 3, 0, 1, imm)
     # the immediate is sign-extended to 64 bits for JMP, used as 32 bits for JMP32
     assert taken(insn, a) == ref(a, imm & M64, bits)
+
+
+# --- robustness: any instruction stream runs or stops with EmulationError ------------------
+
+VALID_CODES = sorted(
+    {cls | op | src for cls in (I.BPF_ALU, I.BPF_ALU64) for op in I.ALU_NAMES
+     for src in (I.BPF_K, I.BPF_X)}
+    | {cls | op | src for cls in (I.BPF_JMP, I.BPF_JMP32) for op in I.JMP_NAMES
+       for src in (I.BPF_K, I.BPF_X)}
+    | {I.BPF_LDX | mode | size for mode in (I.BPF_MEM, I.BPF_MEMSX) for size in I.SIZE_BYTES}
+    | {I.BPF_ST | I.BPF_MEM | size for size in I.SIZE_BYTES}
+    | {I.BPF_STX | mode | size for mode in (I.BPF_MEM, I.BPF_ATOMIC) for size in I.SIZE_BYTES}
+    | {I.BPF_LD | I.BPF_IMM | I.BPF_DW}
+)
+
+insn_st = st.builds(
+    I.Insn,
+    code=st.one_of(st.sampled_from(VALID_CODES), st.integers(0, 255)),
+    dst=st.one_of(st.integers(0, 10), st.integers(0, 15)),
+    src=st.one_of(st.integers(0, 10), st.integers(0, 15)),
+    off=st.one_of(st.integers(-4, 4), st.integers(-(1 << 15), (1 << 15) - 1)),
+    imm=st.one_of(st.sampled_from([0, 1, 8, 16, 32, 64, -1, 0xE1, 0xF1]), s32imm),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(prog=st.lists(insn_st, min_size=1, max_size=12), args=st.lists(u64, max_size=6))
+def test_random_programs_run_or_fail_clearly(prog: list[I.Insn], args: list[int]) -> None:
+    from ebpfseccomp.emulate import Environment
+    from ebpfseccomp.errors import EmulationError
+
+    # r1 = ctx, r2 = a stack pointer: memory instructions have a chance to be valid
+    head = [I.Insn(I.BPF_ALU64 | I.BPF_MOV | I.BPF_X, 2, 10, 0, 0),
+            I.Insn(I.BPF_ALU64 | I.BPF_ADD | I.BPF_K, 2, 0, 0, -64)]
+    try:
+        emu = Emulator(_obj(head + prog + [exit_()]), env=Environment(budget=2000))
+        res = emu.run(SyscallInput(0, args=tuple(args)))
+    except EmulationError as exc:
+        assert "Traceback" not in str(exc)
+        return
+    assert 0 <= res.verdict.value <= M32
+    assert res.insns_executed >= 1

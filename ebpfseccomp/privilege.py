@@ -239,8 +239,16 @@ class Needs:
         insns = list(program.insns)  # type: ignore[attr-defined]
         lines = getattr(program, "lines", {}) or {}
 
+        starts = sorted(lines)
+
         def use(i: int) -> Use:
+            # line info marks where a statement starts: take the closest one at or before i
             line = lines.get(i)
+            if line is None and starts:
+                import bisect
+
+                k = bisect.bisect_right(starts, i) - 1
+                line = lines[starts[k]] if k >= 0 else None
             src = None
             if line is not None:
                 text = getattr(line, "text", "").strip()
@@ -424,6 +432,10 @@ def _how_to_allow_hook(policy: SystemPolicy) -> str:
             "ptrace_scope<=2, or rewrite the filter without helpers and maps")
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def predict(report: object, creds: Credentials, policy: SystemPolicy) -> Prediction:
     """Predict the kernel's answer to loading REPORT's program as CREDS under POLICY.
 
@@ -458,17 +470,17 @@ def predict(report: object, creds: Credentials, policy: SystemPolicy) -> Predict
                 if mtype not in UNPRIVILEGED_MAP_TYPES:
                     tname = MAP_TYPE_NAMES.get(mtype, f"type {mtype}")
                     failures.append((_errno.EPERM,
-                        f"map '{name}' is a {tname} map, which only CAP_BPF may create; "
+                        f"Map '{name}' is a {tname} map, which only CAP_BPF may create; "
                         f"use a hash or array map, or load with CAP_BPF."))
         # 3. program size
         if needs.insn_count > contract.BPF_MAXINSNS and not bpf_cap:
             failures.append((_errno.E2BIG,
-                f"the program has {needs.insn_count} instructions; without CAP_BPF the "
+                f"The program has {needs.insn_count} instructions; without CAP_BPF the "
                 f"limit is {contract.BPF_MAXINSNS}. Load with CAP_BPF or make it smaller."))
         # 4. BPF-to-BPF calls
         if needs.calls is not None and not bpf_cap:
             failures.append((_errno.EPERM,
-                f"the program calls another BPF function ({needs.calls or 'a subprogram'}); "
+                f"The program calls another BPF function ({needs.calls or 'a subprogram'}); "
                 f"the verifier allows BPF-to-BPF calls only with CAP_BPF. Mark the function "
                 f"static __always_inline, or load with CAP_BPF."))
     # 5. map and global references when the hook denies helpers
@@ -478,44 +490,44 @@ def predict(report: object, creds: Credentials, policy: SystemPolicy) -> Predict
             at = f" at {where}" if str(where) else ""
             what = f"{kind} section '{name}'" if kind == "global variable" else f"map '{name}'"
             failures.append((_errno.EACCES,
-                f"the program uses {what}{at}, but {hook_rule}, so it gets no maps or "
+                f"The program uses {what}{at}, but {hook_rule}, so it gets no maps or "
                 f"global variables (the kernel answers EACCES); {_how_to_allow_hook(policy)}."))
     # 6. loops
     if needs.loop is not None and not bpf_cap:
         failures.append((_errno.EINVAL,
-            f"the program has a loop (back-edge at {needs.loop or 'a jump'}); the verifier "
+            f"The program has a loop (back-edge at {needs.loop or 'a jump'}); the verifier "
             f"allows bounded loops only with CAP_BPF. Unroll it (#pragma unroll) or load "
             f"with CAP_BPF."))
-    # 7. helpers
+    # 7. helpers, one sentence per reason
+    denied_by_hook: list[str] = []
+    tracing_missing: list[str] = []
+    never: list[str] = []
     for hid, where in sorted(needs.helpers.items(), key=lambda kv: (kv[1].insn or 0, kv[0])):
-        name = f"bpf_{contract.helper_name(hid)}"
-        at = f" at {where}" if str(where) else ""
-        if hid in contract.EXTENDED_HELPERS:
-            if hook_ok:
-                continue
-            failures.append((_errno.EINVAL,
-                f"the program calls {name}{at}, but {hook_rule}; "
-                f"{_how_to_allow_hook(policy)}."))
-        elif hid in contract.TRACING_HELPERS:
-            if tier == Tier.TRACING:
-                continue
+        name = f"bpf_{contract.helper_name(hid)}" + (f" ({where})" if str(where) else "")
+        if hid in contract.EXTENDED_HELPERS or hid in contract.TRACING_HELPERS:
             if not hook_ok:
-                failures.append((_errno.EINVAL,
-                    f"the program calls {name}{at}, but {hook_rule}; "
-                    f"{_how_to_allow_hook(policy)}."))
-                continue
-            missing = [c for c, ok in (("CAP_BPF", creds.bpf_capable),
-                                       ("CAP_PERFMON", creds.perfmon_capable)) if not ok]
-            failures.append((_errno.EINVAL,
-                f"the program calls {name}{at}, a tracing helper that seccomp programs get "
-                f"only when the loader has CAP_BPF and CAP_PERFMON (missing: "
-                f"{', '.join(missing)}){root_hint}."))
+                denied_by_hook.append(name)
+            elif hid not in contract.EXTENDED_HELPERS and tier != Tier.TRACING:
+                tracing_missing.append(name)
         else:
-            failures.append((_errno.EINVAL,
-                f"the program calls {name}{at}, which seccomp programs may never call; "
-                f"allowed are the contract's helpers (map lookup/update/delete, ktime_get_ns, "
-                f"get_prandom_u32, get_current_uid_gid, get_current_pid_tgid, "
-                f"probe_read_user, probe_read_user_str)."))
+            never.append(name)
+    if denied_by_hook:
+        failures.append((_errno.EINVAL,
+            f"The program calls {_and(denied_by_hook)}, but {hook_rule}; "
+            f"{_how_to_allow_hook(policy)}."))
+    if tracing_missing:
+        missing = [c for c, ok in (("CAP_BPF", creds.bpf_capable),
+                                   ("CAP_PERFMON", creds.perfmon_capable)) if not ok]
+        failures.append((_errno.EINVAL,
+            f"The program calls {_and(tracing_missing)}: tracing helpers, which seccomp "
+            f"programs get only when the loader has CAP_BPF and CAP_PERFMON (missing: "
+            f"{', '.join(missing)}){root_hint}."))
+    if never:
+        failures.append((_errno.EINVAL,
+            f"The program calls {_and(never)}, which seccomp programs may never call; "
+            f"allowed are the contract's helpers (map lookup/update/delete, ktime_get_ns, "
+            f"get_prandom_u32, get_current_uid_gid, get_current_pid_tgid, "
+            f"probe_read_user, probe_read_user_str)."))
 
     needed = needs.tier
     if failures:

@@ -324,6 +324,16 @@ class Needs:
             needs.calls = Use()
         if getattr(report, "has_loops", False) or getattr(report, "loops", False):
             needs.loop = Use()
+        # inspect.Report lists the verifier's CAP_BPF reasons as words
+        for reason in getattr(report, "cap_bpf_reasons", []) or []:
+            text = str(reason).lower()
+            if "subprogram" in text or "bpf-to-bpf" in text:
+                needs.calls = needs.calls or Use()
+            elif "loop" in text or "back-edge" in text:
+                needs.loop = needs.loop or Use()
+        for name in needs.maps:
+            if name.startswith("."):
+                needs.globals_.add(name)
         return needs
 
     @property

@@ -302,3 +302,38 @@ def test_needs_from_report_shapes() -> None:
     assert n.map_types == {"m": 1}
     same = Needs()
     assert Needs.from_report(same) is same
+
+
+def test_needs_from_inspect_report_matches_needs_from_program(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The daemon predicts from inspect.Report: it must see what Needs.from_program sees."""
+    import shutil
+
+    if shutil.which("clang") is None:
+        pytest.skip("clang is not installed")
+    from ebpfseccomp import elf, inspect
+    from ebpfseccomp.build import build
+
+    src = tmp_path / "f.c"
+    src.write_text("""#include <ebpfseccomp/filter.h>
+__u32 calls;
+static __attribute__((noinline)) int pick(int nr) { return nr == 39; }
+SEC("seccomp") int f(struct seccomp_data *ctx)
+{ __u64 a = ctx->args[0]; int n = 0; calls++;
+  #pragma clang loop unroll(disable)
+  for (int i = 0; i < 16; i++) { if (a & 1) n++; a >>= 1; }
+  return pick(ctx->nr) || n == 3 || bpf_ktime_get_ns() == 1 ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }
+SECCOMP_LICENSE("GPL");
+""")
+    obj = elf.load_object(str(build(src, out=tmp_path / "f.o")))
+    exact = Needs.from_program(obj, obj.program())
+    via = Needs.from_report(inspect.check(obj))
+    assert set(via.helpers) == set(exact.helpers) == {H["ktime_get_ns"]}
+    assert set(via.maps) == set(exact.maps) and via.globals_ >= {".bss"}
+    assert (via.calls is None) == (exact.calls is None) is False
+    assert (via.loop is None) == (exact.loop is None) is False
+    assert via.insn_count == exact.insn_count
+    for cred in CREDS.values():
+        for scope, ubd in itertools.product(SCOPES, UBD):
+            a = predict(via, cred, policy(scope, ubd))
+            b = predict(exact, cred, policy(scope, ubd))
+            assert (a.ok, a.errno, a.tier) == (b.ok, b.errno, b.tier)

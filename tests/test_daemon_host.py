@@ -83,6 +83,8 @@ class Fake(daemon.Backend):
             f.write(f"{{Path(path).name}} {{caps:#x}} {{sorted(maps)}}\\n")
         return Prog(Path(path).stem)
 
+if os.environ.get("FAKE_PRE"):
+    exec(os.environ["FAKE_PRE"])
 sys.exit(daemon.main(sys.argv[1:], backend=Fake()))
 """
 
@@ -811,3 +813,41 @@ def test_identify_ignores_caps_after_uid_change() -> None:
         os.write(go_w, b"x")
         os.waitpid(pid, 0)
         a.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_drop_privileges_keeps_only_what_the_catalog_needs(
+    start: Any, catalog: Path, tmp_path: Path
+) -> None:
+    os.chmod(tmp_path, 0o755)
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"), tier="ptrace", per_client=True)
+    (catalog / "ebpfseccompd.conf").write_text("[submit]\nenabled = false\n")
+    d = start("--drop-privileges", "--user", "nobody")
+    deadline = time.monotonic() + 10
+    while "privileges dropped" not in d.output() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{d.pid}/status").read_text().splitlines()
+    )
+    assert status["Uid"].split() == ["65534"] * 4
+    want = (1 << 39) | (1 << 19)  # CAP_BPF, CAP_SYS_PTRACE (tier ptrace)
+    for key in ("CapEff", "CapPrm", "CapBnd"):
+        assert int(status[key], 16) == want, key
+    assert status["NoNewPrivs"].strip() == "1"
+    with d.client() as c:  # still serves, including a per-client load
+        fd, meta = c.get("alpha")
+        os.close(fd)
+    assert "keeping CAP_SYS_PTRACE, CAP_BPF" in d.output()
+
+
+def test_drop_privileges_refuses_without_caps(start: Any, catalog: Path, tmp_path: Path) -> None:
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    # a launcher that gives up CAP_BPF before the daemon starts
+    d = start(
+        "--drop-privileges",
+        wait=False,
+        env={"FAKE_PRE": "import ctypes; from ebpfseccomp import sys as k; "
+             "c = k.capget(); k.capset(c.effective & ~(1 << 39), c.permitted & ~(1 << 39))"},
+    )  # fmt: skip
+    assert d.proc.wait(20) == 1
+    assert "cannot drop privileges: the catalog needs CAP_BPF" in d.output()

@@ -200,7 +200,7 @@ if [[ ${#hide[@]} -gt 0 ]]; then
     i=0
     for p in "${keep[@]}"; do
         mkdir -p "$p"
-        mount --move /run/ebpfseccomp-keep/$i "$p"
+        mount --bind /run/ebpfseccomp-keep/$i "$p"
         i=$((i + 1))
     done
 fi

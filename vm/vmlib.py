@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ KERNEL_DIR_ENV = "EBPFSECCOMP_KERNEL_DIR"
 DEFAULT_MEMORY = "2G"
 DEFAULT_CPUS = 2
 KVM_PROBE_TIMEOUT = 25.0
+Sink = IO[bytes] | int | None  # where a guest stream goes (None: ours)
 
 
 def log(msg: str) -> None:
@@ -65,6 +67,14 @@ def vng_path() -> str:
     if not found:
         raise VmError("vng (virtme-ng) not found: run make deps (vm/install-deps)")
     return found
+
+
+def _vng_env() -> dict[str, str]:
+    """vng runs virtme-run through PATH: put the venv's bin first."""
+    env = dict(os.environ)
+    bindir = str(Path(vng_path()).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "/usr/bin:/bin")
+    return env
 
 
 # ---------------------------------------------------------------- KVM probe
@@ -211,6 +221,15 @@ __RUNAS__ "$@"
 status=$?
 echo "$status" >"$rundir/status"
 sync
+# The trimmed kernel has no ACPI, so virtme-ng-init's poweroff would only
+# halt the CPU and QEMU would stay.  A restart ends QEMU (-no-reboot); give
+# QEMU a moment to drain the output ports first.
+sleep 0.3
+if [[ -x /bin/busybox ]]; then
+    /bin/busybox reboot -f
+else
+    /usr/bin/python3 -c 'import ctypes; ctypes.CDLL(None).reboot(0x01234567)'
+fi
 exit "$status"
 """
 
@@ -237,8 +256,8 @@ def run_in_vm(
     cwd: Path = REPO,
     memory: str = DEFAULT_MEMORY,
     cpus: int = DEFAULT_CPUS,
-    stdout: IO[bytes] | int | None = None,
-    stderr: IO[bytes] | int | None = None,
+    stdout: Sink = None,
+    stderr: Sink = None,
     rundir: Path | None = None,
     console_tail: int = 60,
 ) -> RunResult:
@@ -291,7 +310,7 @@ def run_in_vm(
         "--qemu-opts",
         f"-serial file:{console}",
         "--append",
-        "console=ttyS1 loglevel=5 panic=-1 oops=panic",
+        "root=/dev/root console=ttyS1 loglevel=5 panic=-1 oops=panic",
     ]
     for p in share:
         vng.append(f"--rwdir={p}")
@@ -301,14 +320,24 @@ def run_in_vm(
 
     t0 = time.monotonic()
     started_wall = time.time()
+    # Pipes, relayed: QEMU opens /proc/self/fd/1 and /2 itself, and when those
+    # are regular files its writes would land at offset 0 over ours.
     proc = subprocess.Popen(
         vng,
+        env=_vng_env(),
         stdin=subprocess.DEVNULL,
-        stdout=stdout,
-        stderr=stderr,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         cwd=str(cwd),
         start_new_session=True,
     )
+    assert proc.stdout is not None and proc.stderr is not None
+    relays = [
+        threading.Thread(target=_relay, args=(proc.stdout, _sink(stdout, sys.stdout)), daemon=True),
+        threading.Thread(target=_relay, args=(proc.stderr, _sink(stderr, sys.stderr)), daemon=True),
+    ]
+    for t in relays:
+        t.start()
     timed_out = False
     try:
         rc = proc.wait(timeout=timeout)
@@ -319,6 +348,8 @@ def run_in_vm(
     except KeyboardInterrupt:
         _kill_group(proc)
         raise
+    for t in relays:
+        t.join(timeout=10)
     seconds = time.monotonic() - t0
     status_file = rundir / "status"
     boot_seconds = None
@@ -332,8 +363,6 @@ def run_in_vm(
         log(f"error: the guest did not finish within {timeout:.0f}s: QEMU killed")
     elif status_file.exists():
         status = int(status_file.read_text().strip() or GUEST_DIED)
-        if rc != status and rc != 0:
-            log(f"note: vng exited {rc}, the command {status}")
     else:
         guest_died = True
         status = GUEST_DIED
@@ -362,8 +391,34 @@ def interactive(kdir: Path, memory: str = DEFAULT_MEMORY, cpus: int = DEFAULT_CP
     ]
     if not kvm_usable(bzimage):
         cmd.append("--disable-kvm")
-    env = dict(os.environ, **{IN_VM_ENV: "1", KERNEL_DIR_ENV: str(kdir)})
+    env = dict(_vng_env(), **{IN_VM_ENV: "1", KERNEL_DIR_ENV: str(kdir)})
     return subprocess.call(cmd, cwd=str(REPO), env=env)
+
+
+def _sink(target: Sink, default: IO[str]) -> int:
+    """A file descriptor to copy a stream to."""
+    if target is None:
+        default.flush()
+        return default.fileno()
+    if isinstance(target, int):
+        return target
+    target.flush()
+    return target.fileno()
+
+
+def _relay(src: IO[bytes], fd: int) -> None:
+    while True:
+        chunk = src.read1(65536) if hasattr(src, "read1") else src.read(65536)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                time.sleep(0.01)
+                continue
+            view = view[n:]
 
 
 def _print_console_tail(console: Path, lines: int) -> None:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from vmhelpers import Sysctl, Unprivileged
 
 pytestmark = pytest.mark.vm
 
@@ -39,7 +40,7 @@ def test_seccomp_config(kernel_dir: Path) -> None:
         assert f"CONFIG_{opt}=y" in config
 
 
-def test_unprivileged_helper(unprivileged) -> None:  # type: ignore[no-untyped-def]
+def test_unprivileged_helper(unprivileged: Unprivileged) -> None:
     out = unprivileged.run(["id", "-u"], check=True).stdout.strip()
     assert out == "65534"
     ids = unprivileged.call(lambda: (os.getuid(), os.getgid(), os.getgroups()))
@@ -54,7 +55,7 @@ def test_unprivileged_helper(unprivileged) -> None:  # type: ignore[no-untyped-d
     assert all(line.split()[1] == "0000000000000000" for line in capeff), capeff
 
 
-def test_tree_readable_by_nobody(unprivileged) -> None:  # type: ignore[no-untyped-def]
+def test_tree_readable_by_nobody(unprivileged: Unprivileged) -> None:
     repo = Path(__file__).resolve().parents[2]
     r = unprivileged.run(
         [str(repo / ".venv" / "bin" / "python"), "-c", "import ebpfseccomp"], cwd=str(repo)
@@ -62,7 +63,7 @@ def test_tree_readable_by_nobody(unprivileged) -> None:  # type: ignore[no-untyp
     assert r.returncode == 0, r.stderr
 
 
-def test_sysctl_fixture_restores(sysctl) -> None:  # type: ignore[no-untyped-def]
+def test_sysctl_fixture_restores(sysctl: Sysctl) -> None:
     old = sysctl.get("kernel.yama.ptrace_scope")
     new = "2" if old != "2" else "1"
     sysctl("kernel.yama.ptrace_scope", new)

@@ -310,7 +310,7 @@ def run_in_vm(
         "--qemu-opts",
         f"-serial file:{console}",
         "--append",
-        "root=/dev/root console=ttyS1 loglevel=5 panic=-1 oops=panic",
+        "root=/dev/root console=ttyS1 loglevel=7 panic=-1 oops=panic",
     ]
     for p in share:
         vng.append(f"--rwdir={p}")

@@ -71,6 +71,8 @@ class _OutcomeRecorder:
             rec.update(outcome=outcome, longrepr=text, when=report.when)
         if report.when == "call":
             rec["duration"] = round(report.duration, 3)
+        if report.when == "teardown":  # keep the file current: a hang loses nothing
+            self.path.write_text(json.dumps(self.outcomes, indent=1) + "\n")
 
     @pytest.hookimpl
     def pytest_sessionfinish(self) -> None:
@@ -78,11 +80,13 @@ class _OutcomeRecorder:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "vm_selftests: placeholder expanded into one item per kernel selftest case (--vm)",
+    )
     results = os.environ.get("EBPFSECCOMP_VM_RESULTS")
     if IN_VM and results:
         config.pluginmanager.register(_OutcomeRecorder(Path(results)), "ebpfseccomp-vm-results")
-    if not IN_VM and config.getoption("--vm"):
-        vm_run(config)  # registers the lazy VM boot for test_selftests.py
 
 
 # ------------------------------------------------------------- on the host
@@ -99,6 +103,9 @@ class VmRun:
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
         self.summary: dict[str, Any] = {}
+        self.nodeids: list[str] = []  # the VM-marked items this session selected
+        self.all_vm_items = True  # none deselected: run all of tests/vm
+        self.want_selftests = True  # the selftest placeholder is selected
 
     def ensure(self) -> VmRun:
         if self.done:
@@ -112,16 +119,25 @@ class VmRun:
             str(self.results),
             "--quiet-stdout",
         ]
-        print(
-            "\n[--vm] booting the VM for the VM-marked tests and the selftests",
-            file=sys.stderr,
-            flush=True,
-        )
+        if not self.all_vm_items:
+            ids = vmlib.cache_dir() / "vm-test" / "pytest-nodeids.txt"
+            ids.parent.mkdir(parents=True, exist_ok=True)
+            ids.write_text("".join(f"{n}\n" for n in self.nodeids))
+            cmd += ["--nodeids-file", str(ids)]
+            if not self.nodeids:
+                cmd.append("--no-pytest")
+        if not self.want_selftests:
+            cmd.append("--no-selftests")
+        print(f"\n[--vm] booting the VM once: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         if capman is not None:
             with capman.global_and_fixture_disabled():
-                proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False)
+                proc = subprocess.run(
+                    cmd, stdin=subprocess.DEVNULL, check=False, preexec_fn=vmlib.die_with_parent
+                )
         else:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False)
+            proc = subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, check=False, preexec_fn=vmlib.die_with_parent
+            )
         summary_file = self.results / "summary.json"
         if summary_file.exists():
             self.summary = json.loads(summary_file.read_text())
@@ -198,11 +214,80 @@ class VmResultItem(pytest.Item):
         return path, lineno, f"{name} [in VM]"
 
 
+def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
+    """Whether the session kept every VM-marked test (then the guest runs tests/vm)."""
+    args = [a for a in config.args if not a.startswith("-")]
+    whole = not args or any(
+        (REPO / "tests" / "vm").resolve().is_relative_to(Path(a).resolve()) for a in args
+    )
+    return whole and not config.getoption("keyword") and not config.getoption("markexpr")
+
+
+class SelftestItem(pytest.Item):
+    """One kernel selftest case from the VM run, judged against the baseline."""
+
+    def __init__(self, *, result: vmlib.SelftestResult | None, error: str = "", **kw: Any):
+        super().__init__(**kw)
+        self.result = result
+        self.error = error
+
+    def runtest(self) -> None:
+        if self.result is None:
+            raise VmFailure(self.error or "no selftest results came back from the VM")
+        verdict, msg = vmlib.compare_to_baseline(
+            self.result, vmlib.load_baseline(), vmlib.baseline_binaries()
+        )
+        if verdict == "ok":
+            return
+        if verdict in ("known", "skip"):
+            pytest.skip(msg)
+        raise VmFailure(f"{verdict}: {msg}\n\n{self.result.detail}")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, VmFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.name} [kernel selftest in VM]"
+
+
+def _expand_selftests(run: VmRun, items: list[pytest.Item]) -> None:
+    """Replace the vm_selftests placeholder(s) by one item per selftest case."""
+    for i in reversed(range(len(items))):
+        item = items[i]
+        if item.get_closest_marker("vm_selftests") is None:
+            continue
+        assert item.parent is not None
+        run.ensure()
+        new: list[pytest.Item] = [
+            SelftestItem.from_parent(
+                item.parent, name=f"{item.name}[{r.binary}:{r.name}]", result=r
+            )
+            for r in run.selftests
+        ]
+        if not new:
+            new = [
+                SelftestItem.from_parent(
+                    item.parent,
+                    name=f"{item.name}[no-results]",
+                    result=None,
+                    error=run.error or "no selftest results came back from the VM",
+                )
+            ]
+        items[i : i + 1] = new
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if IN_VM:
         return
     use_vm = config.getoption("--vm")
+    if use_vm:
+        run = vm_run(config)
+        run.nodeids = [it.nodeid for it in items if it.get_closest_marker("vm") is not None]
+        run.all_vm_items = _selects_all_vm_tests(config, run.nodeids)
+        run.want_selftests = any(it.get_closest_marker("vm_selftests") for it in items)
     for i, item in enumerate(items):
         if item.get_closest_marker("vm") is None:
             continue
@@ -211,3 +296,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         assert item.parent is not None
         items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
+    if use_vm and not config.option.collectonly:
+        _expand_selftests(vm_run(config), items)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 REPO = Path(__file__).resolve().parent.parent
 VM_DIR = REPO / "vm"
@@ -34,6 +34,13 @@ Sink = IO[bytes] | int | None  # where a guest stream goes (None: ours)
 
 def log(msg: str) -> None:
     print(f"vm: {msg}", file=sys.stderr, flush=True)
+
+
+def die_with_parent() -> None:
+    """preexec_fn: SIGTERM this child when its parent dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
 
 
 class VmError(Exception):
@@ -144,6 +151,21 @@ def kvm_usable(bzimage: Path, verbose: bool = False) -> bool:
     stamp.write_text("usable\n" if usable else "unusable\n")
     log(f"KVM is {'usable' if usable else 'unusable here: using TCG (slower)'}")
     return usable
+
+
+class Terminated(Exception):
+    """SIGTERM/SIGHUP while a guest runs (QEMU is stopped first)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def _trap_termination() -> dict[int, Any]:
+    """SIGTERM/SIGHUP -> Terminated, so that QEMU (its own session) is killed too."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)}
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -306,11 +328,14 @@ def run_in_vm(
         "--cpus",
         str(cpus),
         f"--rwdir={rundir}",
-        # A second serial port holds the kernel console, for panics.
-        "--qemu-opts",
-        f"-serial file:{console}",
+            # The kernel console, for panics: a virtio console (hvc0) into a file.
+        # (vng's console=ttyS0 goes to /dev/null, and the 8250 driver serves
+        # one console port only.)
+        f"--qemu-opts=-chardev file,id=ebpfseccomp_klog,path={console} "
+        "-device virtio-serial-pci,id=ebpfseccomp_klogbus "
+        "-device virtconsole,chardev=ebpfseccomp_klog,bus=ebpfseccomp_klogbus.0",
         "--append",
-        "root=/dev/root console=ttyS1 loglevel=7 panic=-1 oops=panic",
+        "root=/dev/root console=hvc0 loglevel=7 panic=-1 oops=panic",
     ]
     for p in share:
         vng.append(f"--rwdir={p}")
@@ -339,15 +364,20 @@ def run_in_vm(
     for t in relays:
         t.start()
     timed_out = False
+    handlers = _trap_termination()
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_group(proc)
         rc = TIMED_OUT
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated):
+        log("interrupted: stopping QEMU")
         _kill_group(proc)
         raise
+    finally:
+        for sig, old in handlers.items():
+            signal.signal(sig, old)
     for t in relays:
         t.join(timeout=10)
     seconds = time.monotonic() - t0

@@ -77,8 +77,7 @@ static int install(const char *mode)
 	}
 	/* ebpf: r0 = SECCOMP_RET_ALLOW; exit */
 	struct bpf_insn insns[] = {
-		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0,
-		  .imm = SECCOMP_RET_ALLOW },
+		{ .code = BPF_ALU64 | BPF_MOV | BPF_K, .imm = SECCOMP_RET_ALLOW },
 		{ .code = BPF_JMP | BPF_EXIT },
 	};
 	union bpf_attr attr;
@@ -141,14 +140,22 @@ def history() -> list[dict[str, Any]]:
 
 
 def cold_build() -> dict[str, Any] | None:
+    """The cold build (empty O= dir) that got the fewest objects from ccache."""
     colds = [h for h in history() if h.get("kind") == "cold"]
-    return colds[-1] if colds else None
+    if not colds:
+        return None
+    return min(
+        reversed(colds),
+        key=lambda h: (
+            h.get("ccache_hits", 0) / max(1, h.get("ccache_hits", 0) + h.get("ccache_misses", 0))
+        ),
+    )
 
 
 def incremental_rebuild(kdir: Path) -> dict[str, Any]:
     info = json.loads((kdir / "build.json").read_text())
     flavor = info["flavor"]
-    src = vmlib.cache_dir() / flavor / "src" / "kernel" / "seccomp.c"
+    src = vmlib.cache_dir() / "src" / "kernel" / "seccomp.c"
     src.touch()
     cmd = [str(vmlib.VM_DIR / "build-kernel"), "--force"]
     if flavor == "baseline":
@@ -181,13 +188,15 @@ def getppid(kdir: Path, n: int, rounds: int) -> dict[str, Any]:
     bdir.mkdir(exist_ok=True)
     (bdir / "getppid.c").write_text(GETPPID_C)
     exe = bdir / "getppid"
-    headers = vmlib.cache_dir() / json.loads((kdir / "build.json").read_text())["flavor"]
-    uapi = headers / "obj" / "usr" / "include"
+    flavor = json.loads((kdir / "build.json").read_text())["flavor"]
+    uapi = vmlib.cache_dir() / "obj" / flavor / "usr" / "include"
     inc = ["-isystem", str(uapi)] if uapi.exists() else []
     subprocess.run(["gcc", "-O2", *inc, "-o", str(exe), str(bdir / "getppid.c")], check=True)
     out_file = bdir / "getppid.out"
     with out_file.open("wb") as f:
-        res = vmlib.run_in_vm([str(exe), str(n), str(rounds)], kdir=kdir, timeout=900, stdout=f)
+        res = vmlib.run_in_vm(
+            [str(exe), str(n), str(rounds)], kdir=kdir, timeout=900, stdout=f, share=[bdir]
+        )
     if res.status != 0:
         raise SystemExit(f"getppid benchmark failed in the VM (status {res.status})")
     samples: dict[str, list[float]] = {}

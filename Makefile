@@ -32,11 +32,11 @@ deps:
 
 venv: deps
 
-VM_PY_SCRIPTS := vm/run vm/vm-test vm/selftest-baseline
+VM_PY_SCRIPTS := vm/run vm/vm-test vm/selftest-baseline vm/demo-syscalls.py
 
 lint: deps
 	$(VENV)/bin/ruff check ebpfseccomp tests tools vm bench $(wildcard $(VM_PY_SCRIPTS))
-	bash -n vm/build-kernel vm/install-deps vm/guest-test vm/check-series
+	bash -n vm/build-kernel vm/install-deps vm/guest-test vm/check-series vm/demo vm/demo-guest
 
 host-test: deps
 	$(PY) -m pytest -q -m "not vm"

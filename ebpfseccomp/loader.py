@@ -29,10 +29,11 @@ import errno as _errno
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from . import contract
 from . import sys as _sys
@@ -551,6 +552,8 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
     name: str = prog.name  # type: ignore[attr-defined]
     lines = getattr(prog, "lines", {})
     specs = getattr(obj, "maps", {})
+    _sys.prog_handler("seccomp+", contract.BPF_PROG_TYPE_SECCOMP)
+    restore = _helper_restorer(name, getattr(prog, "insns", []), path)
     for size in _LOG_SIZES:
         with _sys.libbpf_messages() as msgs:
             try:
@@ -589,7 +592,8 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                     else:
                         post.append((mname, content))
                 try:
-                    _sys.object_load(handle)
+                    with _sys.prepare_hook(restore):
+                        _sys.object_load(handle)
                 except OSError as exc:
                     text = log.value.decode(errors="replace") if log is not None else ""
                     if exc.errno == _errno.ENOSPC and size != _LOG_SIZES[-1]:
@@ -612,6 +616,43 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
             raise
         return result
     raise AssertionError("unreachable")
+
+
+# libbpf 1.1 "sanitizes" programs for kernels where its feature probe for
+# bpf_probe_read_{kernel,user}[_str] fails, rewriting those calls into the
+# old bpf_probe_read[_str].  The probe loads a tracepoint program, so it
+# fails on kernels without CONFIG_BPF_EVENTS and for loaders without
+# CAP_PERFMON, and seccomp programs may call only the new helpers: the
+# rewrite would turn a loadable filter into one the verifier refuses.
+_LIBBPF_REWRITES = {
+    4: (112, 113, 4),  # probe_read <- probe_read_user, probe_read_kernel
+    45: (114, 115, 45),  # probe_read_str <- probe_read_user_str, probe_read_kernel_str
+}
+
+
+def _helper_restorer(name: str, original: list[Any], path: str) -> Callable[[int], None]:
+    """A prepare-load hook giving back the helper ids the object was built with."""
+    used = {ins.imm for ins in original if ins.is_helper_call}
+
+    def restore(handle: int) -> None:
+        if _sys.program_name(handle) != name:
+            return
+        insns = _sys.program_insns(handle)
+        for i, ins in enumerate(insns):
+            if ins.code != 0x85 or ins.src != 0 or ins.imm not in _LIBBPF_REWRITES:
+                continue
+            choices = [h for h in _LIBBPF_REWRITES[ins.imm] if h in used]
+            if len(choices) > 1 and i < len(original) and original[i].is_helper_call:
+                choices = [original[i].imm] if original[i].imm in choices else []
+            if len(choices) != 1:
+                raise ObjectError(
+                    f"program '{name}' instruction {i}: libbpf rewrote a call to helper "
+                    f"#{ins.imm} and the original helper cannot be told apart",
+                    path=path, hint="call only one of bpf_probe_read_user(_str) and "
+                    "bpf_probe_read_kernel(_str) in one program")
+            ins.imm = choices[0]
+
+    return restore
 
 
 MAP_INIT_PREFIX = ".rodata.init."

@@ -21,7 +21,7 @@ import os
 import platform
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -503,6 +503,8 @@ def libbpf() -> ctypes.CDLL:
             "bpf_program__set_log_level": (ci, [vp, u32]),
             "bpf_program__fd": (ci, [vp]),
             "bpf_program__insn_cnt": (sz, [vp]),
+            "bpf_program__insns": (vp, [vp]),
+            "libbpf_register_prog_handler": (ci, [cp, ci, ci, vp]),
             "bpf_map__name": (cp, [vp]),
             "bpf_map__fd": (ci, [vp]),
             "bpf_map__type": (ci, [vp]),
@@ -630,6 +632,97 @@ def program_fd(prog: int) -> int:
 
 def program_insn_count(prog: int) -> int:
     return int(libbpf().bpf_program__insn_cnt(_c_void_p(prog)))
+
+
+class BpfInsn(ctypes.Structure):
+    """struct bpf_insn (little endian: dst_reg in the low nibble)."""
+
+    _fields_ = [
+        ("code", ctypes.c_uint8),
+        ("dst", ctypes.c_uint8, 4),
+        ("src", ctypes.c_uint8, 4),
+        ("off", ctypes.c_int16),
+        ("imm", ctypes.c_int32),
+    ]
+
+
+def program_insns(prog: int) -> ctypes.Array[BpfInsn]:
+    """PROG's instructions as libbpf holds them, writable in place.
+
+    Only meaningful inside a prepare-load hook (see prog_handler): libbpf
+    passes exactly this buffer to BPF_PROG_LOAD right after the hook.
+    """
+    lib = libbpf()
+    n = int(lib.bpf_program__insn_cnt(_c_void_p(prog)))
+    addr = lib.bpf_program__insns(_c_void_p(prog))
+    if not addr or n <= 0:
+        return (BpfInsn * 0)()
+    return (BpfInsn * n).from_address(addr)
+
+
+# libbpf_register_prog_handler(): a SEC() handler libbpf 1.1 lacks for "seccomp".
+class _ProgHandlerOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("cookie", ctypes.c_long),
+        ("prog_setup_fn", ctypes.c_void_p),
+        ("prog_prepare_load_fn", ctypes.c_void_p),
+        ("prog_attach_fn", ctypes.c_void_p),
+    ]
+
+
+_PREPARE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long)
+_prepare = threading.local()
+_handlers: dict[str, int] = {}
+
+
+def _prepare_cb(prog: int | None, opts: int | None, cookie: int) -> int:
+    hook = getattr(_prepare, "hook", None)
+    if hook is None or not prog:
+        return 0
+    try:
+        hook(int(prog))
+    except BaseException as exc:  # noqa: BLE001 - must not unwind through C
+        _prepare.error = exc
+        return -_errno.EINVAL
+    return 0
+
+
+_prepare_cb_c = _PREPARE_FN(_prepare_cb)  # kept alive for the life of the process
+
+
+def prog_handler(sec: str, prog_type: int) -> None:
+    """Make libbpf give programs in SEC(sec) PROG_TYPE and our prepare-load hook.
+
+    Once per process and section (libbpf's handler table is global); before
+    bpf_object__open, which is when libbpf matches sections to handlers.
+    """
+    with _lib_lock:
+        if sec in _handlers:
+            return
+    lib = libbpf()
+    opts = _ProgHandlerOpts(ctypes.sizeof(_ProgHandlerOpts), 0, None,
+                            ctypes.cast(_prepare_cb_c, ctypes.c_void_p).value, None)
+    ret = lib.libbpf_register_prog_handler(sec.encode(), prog_type, 0, ctypes.byref(opts))
+    with _lib_lock:
+        _handlers[sec] = _neg(ret, f"libbpf_register_prog_handler({sec})")
+
+
+@contextmanager
+def prepare_hook(hook: Callable[[int], None]) -> Iterator[None]:
+    """Call hook(prog) right before libbpf loads each program (this thread).
+
+    An exception in the hook fails that load; it is re-raised afterwards.
+    """
+    old = getattr(_prepare, "hook", None)
+    _prepare.hook, _prepare.error = hook, None
+    try:
+        yield
+    finally:
+        err = _prepare.error
+        _prepare.hook, _prepare.error = old, None
+        if err is not None:
+            raise err  # the hook's failure is the cause of any load error
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ import errno
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
@@ -136,8 +135,7 @@ def in_child(fn: Callable[[], Any], *, uid: int, keep: tuple[str, ...] | None) -
         os.close(r)
         try:
             if uid != 0:
-                sys.path.insert(0, str(Path(__file__).parent))
-                from conftest import drop_to_nobody
+                from vmhelpers import drop_to_nobody
 
                 drop_to_nobody(uid, uid)
             elif keep is not None:

@@ -490,3 +490,40 @@ def test_scope3_matrix_in_its_own_boot(request: pytest.FixtureRequest) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "1 passed" in out, out[-4000:]
+
+
+def test_libbpf_probe_read_rewrite_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """libbpf 1.1 turns probe_read_user(_str) into probe_read(_str) when its
+    tracepoint feature probe fails (no CONFIG_BPF_EVENTS, no CAP_PERFMON);
+    the prepare-load hook gives the object's own helper ids back."""
+    from ebpfseccomp.insn import Insn
+
+    def call(imm: int) -> Insn:
+        return Insn(0x85, 0, 0, 0, imm)
+
+    original = [call(112), Insn(0xB7, 0, 0, 0, 0), call(114), call(5), Insn(0x95, 0, 0, 0, 0)]
+    buf = (esys.BpfInsn * 5)()
+    for slot, ins in zip(buf, original, strict=True):
+        slot.code, slot.imm = ins.code, ins.imm
+    buf[0].imm, buf[2].imm = 4, 45  # what libbpf's sanitizer leaves
+    monkeypatch.setattr(esys, "program_name", lambda h: "f")
+    monkeypatch.setattr(esys, "program_insns", lambda h: buf)
+    loader._helper_restorer("f", original, "x.o")(1)
+    assert [b.imm for b in buf] == [112, 0, 114, 5, 0]
+
+    # Both the user and the kernel variant in one program: told apart by position.
+    both = [call(112), call(113)]
+    buf2 = (esys.BpfInsn * 2)()
+    for slot in buf2:
+        slot.code, slot.imm = 0x85, 4
+    monkeypatch.setattr(esys, "program_insns", lambda h: buf2)
+    loader._helper_restorer("f", both, "x.o")(1)
+    assert [b.imm for b in buf2] == [112, 113]
+
+    # ... and when the position does not say, a clear error rather than a guess.
+    buf3 = (esys.BpfInsn * 3)()
+    for slot in buf3:
+        slot.code, slot.imm = 0x85, 4
+    monkeypatch.setattr(esys, "program_insns", lambda h: buf3)
+    with pytest.raises(ObjectError, match="cannot be told apart"):
+        loader._helper_restorer("f", both, "x.o")(1)

@@ -478,18 +478,26 @@ def test_cli_load_pins(objs: dict[str, Path], bpffs: Path) -> None:
 @pytest.mark.slow
 def test_scope3_matrix_in_its_own_boot(request: pytest.FixtureRequest) -> None:
     """kernel.yama.ptrace_scope=3 cannot be lowered until reboot, so its cells of the
-    privilege matrix run in a VM boot of their own (only with pytest --vm)."""
+    privilege matrix, and the kernel selftest for scope 3, run in a VM boot of their
+    own (only with pytest --vm)."""
     if not request.config.getoption("--vm", default=False):
         pytest.skip("needs the patched kernel in the VM: run with --vm (make test)")
-    r = subprocess.run(
-        [str(REPO / "vm" / "run"), "--", "env", "EBPFSECCOMP_SCOPE3=1",
-         str(REPO / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-m", "vm",
-         "-p", "no:cacheprovider", "-rs",
-         "tests/vm/test_privilege_matrix.py::test_privilege_matrix_scope3"],
-        capture_output=True, text=True, cwd=REPO, timeout=3000)
+    py = REPO / ".venv" / "bin" / "python"
+    script = (
+        f"EBPFSECCOMP_SCOPE3=1 {py} -m pytest -q -m vm -p no:cacheprovider -rs "
+        "tests/vm/test_privilege_matrix.py::test_privilege_matrix_scope3; s=$?; "
+        'echo "== selftest"; cd /tmp && SECCOMP_EBPF_SCOPE3=1 '
+        '"$EBPFSECCOMP_KERNEL_DIR/selftests/seccomp_ebpf" -t yama_scope_no_attach; '
+        't=$?; [ $s = 0 ] && [ $t = 0 ]'
+    )
+    r = subprocess.run([str(REPO / "vm" / "run"), "--", "bash", "-c", script],
+                       capture_output=True, text=True, cwd=REPO, timeout=3000)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-4000:]
     assert "1 passed" in out, out[-4000:]
+    tap = out.split("== selftest", 1)[-1]
+    assert "ok 1 global.yama_scope_no_attach" in tap and "# SKIP" not in tap, tap[-2000:]
+    assert "not ok" not in tap, tap[-2000:]
 
 
 def test_libbpf_probe_read_rewrite_is_undone(monkeypatch: pytest.MonkeyPatch) -> None:

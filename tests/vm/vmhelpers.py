@@ -143,6 +143,8 @@ class Sysctl:
     def restore(self) -> None:
         errors = []
         for p, old in reversed(list(self.saved.items())):
+            if p.name == "ptrace_scope" and p.read_text().strip() == "3":
+                continue  # one-way until reboot (the scope-3 boot wants it so)
             try:
                 p.write_text(f"{old}\n")
             except OSError as e:  # e.g. ptrace_scope 3 cannot be lowered

@@ -762,7 +762,7 @@ class Daemon:
             for extra in range(SD_LISTEN_FDS_START + 1, SD_LISTEN_FDS_START + int(listen_fds)):
                 with contextlib.suppress(OSError):
                     os.close(extra)
-            log.info("listening on the socket systemd passed (fd 3)")
+            log.info("using the socket systemd passed (fd 3)")
         else:
             path = self.opts.socket
             Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o755)
@@ -787,11 +787,19 @@ class Daemon:
                 os.chown(path, -1, gid)
             os.chmod(path, self.opts.socket_mode)
             self.owns_socket_path = True
-            log.info("listening on %s (mode %o)", path, self.opts.socket_mode)
-        sock.listen(min(1024, max(128, self.opts.max_clients)))
+            log.info("bound %s (mode %o)", path, self.opts.socket_mode)
         sock.setblocking(False)
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, "listen")
+
+    def _listen(self) -> None:
+        """Start accepting: only once setup (dropping privileges) is over, so a
+        client that can connect is served by the daemon as it will run."""
+        if self.listener is None:
+            return
+        self.listener.listen(min(1024, max(128, self.opts.max_clients)))
+        name = self.listener.getsockname() or "the socket systemd passed (fd 3)"
+        log.info("listening on %s", name)
 
     def _install_signals(self) -> None:
         r, w = socket.socketpair()
@@ -815,6 +823,7 @@ class Daemon:
 
     def serve(self, ready: Callable[[], None] | None = None) -> None:
         self._install_signals()
+        self._listen()
         self.running = True
         if ready:
             ready()

@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import contract
+from . import contract, insn
 from . import sys as _sys
 from .attach import LACKS_PATCH, attach, extended_flag_supported
 from .contract import Tier
@@ -628,6 +628,7 @@ _LIBBPF_REWRITES = {
     4: (112, 113, 4),  # probe_read <- probe_read_user, probe_read_kernel
     45: (114, 115, 45),  # probe_read_str <- probe_read_user_str, probe_read_kernel_str
 }
+_HELPER_CALL = insn.BPF_JMP | insn.BPF_CALL  # with src_reg 0: a helper, not a subprogram
 
 
 def _helper_restorer(name: str, original: list[Any], path: str) -> Callable[[int], None]:
@@ -639,7 +640,7 @@ def _helper_restorer(name: str, original: list[Any], path: str) -> Callable[[int
             return
         insns = _sys.program_insns(handle)
         for i, ins in enumerate(insns):
-            if ins.code != 0x85 or ins.src != 0 or ins.imm not in _LIBBPF_REWRITES:
+            if ins.code != _HELPER_CALL or ins.src != 0 or ins.imm not in _LIBBPF_REWRITES:
                 continue
             choices = [h for h in _LIBBPF_REWRITES[ins.imm] if h in used]
             if len(choices) > 1 and i < len(original) and original[i].is_helper_call:

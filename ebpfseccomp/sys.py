@@ -697,15 +697,16 @@ def prog_handler(sec: str, prog_type: int) -> None:
     Once per process and section (libbpf's handler table is global); before
     bpf_object__open, which is when libbpf matches sections to handlers.
     """
-    with _lib_lock:
+    lib = libbpf()  # takes _lib_lock itself: before we hold it
+    with _lib_lock:  # the check and the registration together: once per section
         if sec in _handlers:
             return
-    lib = libbpf()
-    opts = _ProgHandlerOpts(ctypes.sizeof(_ProgHandlerOpts), 0, None,
-                            ctypes.cast(_prepare_cb_c, ctypes.c_void_p).value, None)
-    ret = lib.libbpf_register_prog_handler(sec.encode(), prog_type, 0, ctypes.byref(opts))
-    with _lib_lock:
-        _handlers[sec] = _neg(ret, f"libbpf_register_prog_handler({sec})")
+        opts = _ProgHandlerOpts(ctypes.sizeof(_ProgHandlerOpts), 0, None,
+                                ctypes.cast(_prepare_cb_c, ctypes.c_void_p).value, None)
+        ret = lib.libbpf_register_prog_handler(sec.encode(), prog_type, 0, ctypes.byref(opts))
+        if ret >= 0:
+            _handlers[sec] = ret
+    _neg(ret, f"libbpf_register_prog_handler({sec})")  # may call libbpf(): not under the lock
 
 
 @contextmanager

@@ -1,9 +1,10 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Try a fixed list of system calls and print one line per call (vm/demo).
 
 Run under a filter by vm/demo-guest; each line says what the kernel
 answered: "allowed" (the call did its work) or "refused: ERRNO".  Raw
 syscall(2) through ctypes, so that no libc wrapper caches or retries.
+Needs the project's venv (syscall numbers come from ebpfseccomp.syscalls).
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import platform
 import sys
+from os import O_CREAT, O_RDONLY, O_WRONLY
+from socket import AF_NETLINK, AF_UNIX, SOCK_DGRAM
+
+from ebpfseccomp.syscalls import nr
 
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
-AF_UNIX, AF_NETLINK, SOCK_DGRAM = 1, 16, 2
-O_RDONLY, O_WRONLY, O_CREAT = 0, 1, 0o100
 AT_FDCWD = -100
-NR = {"getpid": 39, "socket": 41, "close": 3, "openat": 257, "uname": 63}
+ARCH = {"x86_64": "x86_64", "aarch64": "aarch64"}[platform.machine()]
 
 
 def call(name: str, *args: int | bytes) -> tuple[int, int]:
     ctypes.set_errno(0)
-    ret = libc.syscall(NR[name], *args)
+    ret = libc.syscall(nr(name, ARCH), *args)
     return ret, ctypes.get_errno()
 
 

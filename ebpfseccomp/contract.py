@@ -140,8 +140,14 @@ class Tier(enum.IntEnum):
 
     NONE      - no helpers, no maps, no globals: what cBPF can do.
     EXTENDED  - the contract's helper list and maps (LSM hook allows).
-    PTRACE    - EXTENDED, and user-memory reads also of non-dumpable tasks
-                (loader has CAP_SYS_PTRACE in its user namespace).
+    PTRACE    - EXTENDED, and user-memory reads also of non-dumpable tasks.
+                The kernel decides this at each read, by ptrace's rule, from
+                the loader's credentials kept in the program: CAP_SYS_PTRACE
+                over the user namespace of the task's mm.  The toolchain
+                predicts it for a loader with CAP_SYS_PTRACE in the initial
+                user namespace; one with it only in a child namespace reads
+                dumpable tasks (and non-dumpable ones whose mm belongs to its
+                own namespace), like an unprivileged loader.
     TRACING   - EXTENDED plus the kernel's base/tracing helper set
                 (loader has CAP_BPF and CAP_PERFMON).
     """
@@ -174,7 +180,9 @@ USER_READ_HELPERS = frozenset(
 )
 
 #: Helpers the kernel's bpf_base_func_proto() hands out (6.12), which the
-#: TRACING tier falls back to when the loader has CAP_BPF and CAP_PERFMON.
+#: TRACING tier falls back to when the loader has CAP_BPF and CAP_PERFMON;
+#: without the bpf_timer helpers, which the series refuses at every tier (their
+#: callbacks would run outside the filter's run).
 TRACING_HELPERS = frozenset(
     HELPER_IDS[n]
     for n in (
@@ -184,8 +192,7 @@ TRACING_HELPERS = frozenset(
         "ringbuf_output", "ringbuf_reserve", "ringbuf_submit",
         "ringbuf_discard", "ringbuf_query", "strncmp", "strtol", "strtoul",
         "get_ns_current_pid_tgid", "spin_lock", "spin_unlock", "jiffies64",
-        "per_cpu_ptr", "this_cpu_ptr", "timer_init", "timer_set_callback",
-        "timer_start", "timer_cancel", "kptr_xchg", "for_each_map_elem",
+        "per_cpu_ptr", "this_cpu_ptr", "kptr_xchg", "for_each_map_elem",
         "loop", "user_ringbuf_drain", "ringbuf_reserve_dynptr",
         "ringbuf_submit_dynptr", "ringbuf_discard_dynptr", "dynptr_from_mem",
         "dynptr_read", "dynptr_write", "dynptr_data", "cgrp_storage_get",

@@ -93,9 +93,10 @@ class Environment:
     memory         the syscaller's user memory for probe_read_user(_str):
                    start address -> bytes; everything else faults (-EFAULT)
     dumpable       whether the calling task is dumpable
-    ptrace_reads   whether the loader had CAP_SYS_PTRACE (tier PTRACE): then
-                   non-dumpable tasks are read too; otherwise reads of a
-                   non-dumpable task return -EPERM with the buffer zeroed
+    ptrace_reads   whether the loader's credentials have CAP_SYS_PTRACE over
+                   the task's mm (tier PTRACE): then non-dumpable tasks are
+                   read too; otherwise reads of a non-dumpable task return
+                   -EPERM with the buffer zeroed
     budget         instructions per run before EmulationError (runaway loop)
     """
 

@@ -546,6 +546,21 @@ def _static_check(obj: object, prog: object, path: str, creds: Credentials) -> N
                              hint="load with CAP_BPF, or change the program as suggested")
 
 
+def _freeze_read_only(result: Program) -> None:
+    """Freeze every map the program may only read (BPF_F_RDONLY_PROG), now
+    that its contents are in: from here on neither the program (the verifier
+    refuses its writes) nor anyone holding an fd of it (BPF_MAP_FREEZE) can
+    change it, so a filter's table cannot be loosened after it is handed out.
+    libbpf freezes .rodata itself."""
+    for m in result.maps.values():
+        if m.flags & _sys.BPF_F_RDONLY_PROG and m.name != ".rodata":
+            try:
+                _sys.map_freeze(m.fd)
+            except OSError as exc:
+                raise KernelError(f"cannot freeze read-only map '{m.name}': "
+                                  f"{os.strerror(exc.errno or 0)}") from None
+
+
 def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                       maps: Mapping[str, Mapping[KeyLike, ValueLike]],
                       log_level: int) -> Program:
@@ -611,6 +626,7 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                 target_map = result.maps[mname]
                 for k, v in content.items():
                     target_map.update(k, v)
+            _freeze_read_only(result)
         except BaseException:
             result.close()
             raise

@@ -422,6 +422,18 @@ def hook_allows(creds: Credentials, policy: SystemPolicy) -> tuple[bool, str]:
     return False, f"kernel.yama.ptrace_scope={scope} allows no eBPF seccomp helpers to anyone"
 
 
+def reads_any_task(creds: Credentials) -> bool:
+    """Will the kernel let this loader's programs read non-dumpable tasks?
+
+    Decided by the kernel at each read with the loader's credentials kept in
+    the program: CAP_SYS_PTRACE over the user namespace of the task's mm.
+    Predicted for any task only when the loader has it in the initial user
+    namespace; CAP_SYS_PTRACE in a namespace the loader created opens no task
+    whose mm belongs to an ancestor (a setuid or unreadable program).
+    """
+    return creds.capable(CAP_SYS_PTRACE)
+
+
 def granted_tier(creds: Credentials, policy: SystemPolicy) -> Tier:
     """The tier the kernel would grant a program this loader loads."""
     allowed, _ = hook_allows(creds, policy)
@@ -429,7 +441,7 @@ def granted_tier(creds: Credentials, policy: SystemPolicy) -> Tier:
         return Tier.NONE
     if creds.bpf_capable and creds.perfmon_capable:
         return Tier.TRACING
-    if creds.has(CAP_SYS_PTRACE):
+    if reads_any_task(creds):
         return Tier.PTRACE
     return Tier.EXTENDED
 
@@ -456,7 +468,7 @@ def predict(report: object, creds: Credentials, policy: SystemPolicy) -> Predict
     needs = Needs.from_report(report)
     tier = granted_tier(creds, policy)
     hook_ok, hook_rule = hook_allows(creds, policy)
-    reads_any = hook_ok and creds.has(CAP_SYS_PTRACE)
+    reads_any = hook_ok and reads_any_task(creds)
     failures: list[tuple[int, str]] = []
     bpf_cap = creds.bpf_capable
     root_hint = "" if creds.initial_userns else (

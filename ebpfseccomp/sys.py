@@ -90,6 +90,8 @@ BPF_OBJ_GET = 7
 BPF_PROG_GET_FD_BY_ID = 13
 BPF_MAP_GET_FD_BY_ID = 14
 BPF_OBJ_GET_INFO_BY_FD = 15
+BPF_MAP_FREEZE = 22
+BPF_F_RDONLY_PROG = 1 << 7
 
 BPF_F_RDONLY = 1 << 3
 BPF_F_WRONLY = 1 << 4
@@ -199,6 +201,11 @@ def map_delete(fd: int, key: bytes) -> bool:
             return False
         raise
     return True
+
+
+def map_freeze(fd: int) -> None:
+    """BPF_MAP_FREEZE: no more writes from user space, by any fd, ever."""
+    bpf(BPF_MAP_FREEZE, struct.pack("<I", fd))
 
 
 def map_next_key(fd: int, key: bytes | None, key_size: int) -> bytes | None:

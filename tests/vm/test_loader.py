@@ -390,3 +390,46 @@ def test_python_api_map_update_applies_to_next_child(objs: dict[str, Path]) -> N
     assert int(first) > 0 and second == b"-13"
 
 
+
+
+RDONLY_TABLE = """#include <ebpfseccomp/filter.h>
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8);
+    __uint(map_flags, BPF_F_RDONLY_PROG);
+    __type(key, __u32);
+    __type(value, __u32);
+} table SEC(".maps");
+const struct { __u32 k, v; } table_init[] SECCOMP_MAP_INIT(table) = { { NR, 42 } };
+SEC("seccomp") int ro(struct seccomp_data *ctx)
+{
+    __u32 nr = ctx->nr, *v = bpf_map_lookup_elem(&table, &nr);
+    return v ? SECCOMP_ERRNO(*v & 0xfff) : SECCOMP_ALLOW;
+}
+SECCOMP_LICENSE("GPL");
+""".replace("NR", str(GETPPID))
+
+
+def test_read_only_maps_are_frozen_after_their_contents(tmp_path: Path) -> None:
+    """A map the program may only read (BPF_F_RDONLY_PROG) is frozen by the loader
+    once its initial contents are in: nobody holding an fd of it, nor anyone who
+    reopens it by id, can loosen the filter after it is handed out (issue 8, item 7)."""
+    src = tmp_path / "ro.c"
+    src.write_text(RDONLY_TABLE)
+    obj = build(src, out=tmp_path / "ro.o")
+    prog = loader.load(obj)
+    try:
+        table = prog.maps["table"]
+        assert table.lookup(GETPPID) is not None  # the initial entry went in
+        with pytest.raises(KernelError):
+            table.update(GETPPID, 0x7FFF0000)
+        reopened = esys.map_get_fd_by_id(esys.map_info(table.fd).id)
+        try:
+            key = GETPPID.to_bytes(4, "little")
+            with pytest.raises(OSError) as exc:
+                esys.map_update(reopened, key, (0).to_bytes(4, "little"))
+            assert exc.value.errno == errno.EPERM
+        finally:
+            os.close(reopened)
+    finally:
+        prog.close()

@@ -44,7 +44,7 @@
 #define BPF_MAP_TYPE_LRU_PERCPU_HASH 10
 
 #define BPF_F_NO_PREALLOC (1U << 0) /* map_flags for hash maps */
-#define BPF_F_RDONLY_PROG (1U << 8) /* map_flags: the program may only read */
+#define BPF_F_RDONLY_PROG (1U << 7) /* map_flags: the program may only read */
 #endif
 
 /*

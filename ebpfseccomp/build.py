@@ -142,6 +142,13 @@ def command(
         raise BuildError("source file is not readable", path=str(src))
     arch = canonical_arch(arch) if arch else default_arch()
     out_path = Path(out) if out is not None else src_path.with_suffix(".o")
+    if out is not None and os.fspath(out).endswith(("/", os.sep)) and not out_path.exists():
+        # "-o build/": a directory, made for the purpose
+        try:
+            out_path.mkdir(parents=True)
+        except OSError as exc:
+            raise BuildError(f"cannot create the output directory: {exc.strerror}",
+                             path=str(out_path), hint="choose another -o") from None
     if out_path.exists() and out_path.is_dir():
         out_path = out_path / src_path.with_suffix(".o").name
     out_dir = out_path.parent if str(out_path.parent) else Path(".")
@@ -164,6 +171,12 @@ def command(
             raise BuildError("include directory does not exist", path=str(d))
         argv.append(f"-I{dpath.resolve()}")
     argv.append(f"-I{headers}")
+    # libbpf-style sources (<bpf/bpf_helpers.h> with <linux/types.h>) need the
+    # host's <asm/types.h>, which Debian keeps under the multiarch directory;
+    # searched last, so it never shadows the project's or the user's headers.
+    multiarch = multiarch_include_dir()
+    if multiarch is not None:
+        argv.append(f"-idirafter{multiarch}")
     argv.append(f"-D{TARGET_ARCH_DEFINES[arch]}")
     for name, value in (defines or {}).items():
         argv.append(_parse_define(name, value))
@@ -178,6 +191,18 @@ def _relabel(diagnostics: str, src_name: str, shown: str) -> str:
         return diagnostics
     pattern = re.compile(rf"(^|(?<=from )){re.escape(src_name)}(?=:\d)", re.MULTILINE)
     return pattern.sub(shown.replace("\\", "\\\\"), diagnostics)
+
+
+def multiarch_include_dir() -> Path | None:
+    """/usr/include/<multiarch> of this machine (where <asm/types.h> lives on
+    Debian), or None.  BPF objects are architecture-neutral; only the C type
+    headers are taken from there."""
+    machine = platform.machine()
+    for name in (f"{machine}-linux-gnu", f"{machine}-linux-gnueabihf"):
+        d = Path("/usr/include") / name
+        if (d / "asm" / "types.h").exists():
+            return d
+    return None
 
 
 def build(

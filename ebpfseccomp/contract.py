@@ -87,6 +87,10 @@ ACTION_PRECEDENCE = [
 ]
 
 
+#: The kernel caps an ERRNO action's data at this (include/linux/err.h).
+MAX_ERRNO = 4095
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A filter's 32-bit return value, decoded as the kernel decodes it."""
@@ -106,8 +110,18 @@ class Verdict:
     def data(self) -> int:
         return self.value & SECCOMP_RET_DATA
 
+    @property
+    def errno(self) -> int | None:
+        """For ERRNO: the errno the syscall fails with; the kernel caps the
+        data at MAX_ERRNO (4095).  None for other actions."""
+        if self.action != Action.ERRNO:
+            return None
+        return min(self.data, MAX_ERRNO)
+
     def __str__(self) -> str:
         act = self.action
+        if act == Action.ERRNO and self.data > MAX_ERRNO:
+            return f"ERRNO({MAX_ERRNO})"  # what the caller sees; data holds the raw value
         if act in ACTIONS_WITH_DATA:
             return f"{act.name}({self.data})"
         return act.name

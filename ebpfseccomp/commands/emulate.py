@@ -167,7 +167,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--syscall", metavar="NAME|NR", help="the system call to emulate")
     p.add_argument("--program", metavar="NAME", help="the program to run, if there are several")
     p.add_argument("--arch", default="x86_64", metavar="ARCH",
-                   help="x86_64 (default) or aarch64; names resolve for this arch")
+                   help="x86_64 (default), i386 or aarch64: the seccomp_data arch value; "
+                        "syscall names resolve for x86_64 and aarch64 (give i386 calls by number)")
     p.add_argument("--arg", action="append", default=[], metavar="I=VALUE",
                    help="system call argument I (0..5); repeatable")
     p.add_argument("--ip", default="0", metavar="X", help="instruction_pointer")
@@ -200,9 +201,18 @@ def result_json(inp: SyscallInput, res: Result) -> dict[str, Any]:
         "data": v.data,
         "value": v.value,
         "verdict": str(v),
+        "errno": v.errno,
         "insns": res.insns_executed,
         "helpers": [{"insn": c.insn, "name": c.name, "ret": c.ret} for c in res.helper_calls],
     }
+
+
+def _u32(text: str, what: str) -> int:
+    """pid, tgid, uid and gid are 32-bit: the helpers pack two of them in 64 bits."""
+    value = parse_value(text, what)
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise UsageError(f"{what} {text}: out of range (0..4294967295)")
+    return value
 
 
 def _env(args: argparse.Namespace) -> Environment:
@@ -211,13 +221,13 @@ def _env(args: argparse.Namespace) -> Environment:
         env.time_ns = parse_value(args.time, "--time")
     env.seed = parse_value(args.seed, "--seed")
     if args.pid is not None:
-        env.pid = parse_value(args.pid, "--pid")
+        env.pid = _u32(args.pid, "--pid")
     if args.tgid is not None:
-        env.tgid = parse_value(args.tgid, "--tgid")
+        env.tgid = _u32(args.tgid, "--tgid")
     if args.uid is not None:
-        env.uid = parse_value(args.uid, "--uid")
+        env.uid = _u32(args.uid, "--uid")
     if args.gid is not None:
-        env.gid = parse_value(args.gid, "--gid")
+        env.gid = _u32(args.gid, "--gid")
     if args.budget is not None:
         env.budget = parse_value(args.budget, "--budget")
     env.dumpable = not args.not_dumpable

@@ -433,3 +433,17 @@ def test_read_only_maps_are_frozen_after_their_contents(tmp_path: Path) -> None:
             os.close(reopened)
     finally:
         prog.close()
+
+
+def test_run_leaves_no_bpf_fd_in_the_command(objs: dict[str, Path]) -> None:
+    """The filtered command holds no fd of the program or its maps: it cannot
+    change its own filter's state through an inherited map fd (issue 8, item 7).
+    rate_limit has a map; the command lists its own fds' targets."""
+    code = ("import os; print('\\n'.join(os.readlink(f'/proc/self/fd/{f}') "
+            "for f in os.listdir('/proc/self/fd') if os.path.exists(f'/proc/self/fd/{f}')))")
+    r = subprocess.run([PY, "-m", "ebpfseccomp", "run", "-f", str(objs["rate_limit"]), "--",
+                        sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    targets = r.stdout.split()
+    assert targets, r.stdout  # stdin/stdout/stderr at least
+    assert not [t for t in targets if "bpf" in t], targets

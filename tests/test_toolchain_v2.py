@@ -1,0 +1,113 @@
+"""Toolchain fixes from issue 13: output directories, libbpf-style sources,
+quiet exits on a closed pipe, 32-bit ids, the kernel's errno cap."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ebpfseccomp import cli
+from ebpfseccomp.build import build, multiarch_include_dir
+from ebpfseccomp.contract import Verdict
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "bpf" / "examples" / "arch_check.c"
+
+LIBBPF_STYLE = """\
+#include <linux/types.h>
+#include <linux/bpf.h>
+#include <linux/seccomp.h>
+#include <bpf/bpf_helpers.h>
+
+SEC("seccomp")
+int libbpf_style(struct seccomp_data *ctx)
+{
+	return ctx->nr == 39 ? SECCOMP_RET_ERRNO | 1 : SECCOMP_RET_ALLOW;
+}
+
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+def test_output_with_trailing_slash_is_a_new_directory(tmp_path: Path) -> None:
+    out = build(EXAMPLE, out=f"{tmp_path}/build/")
+    assert out == tmp_path / "build" / "arch_check.o"
+    assert out.is_file()
+
+
+def test_output_existing_directory(tmp_path: Path) -> None:
+    (tmp_path / "objs").mkdir()
+    assert build(EXAMPLE, out=tmp_path / "objs") == tmp_path / "objs" / "arch_check.o"
+
+
+def test_output_without_slash_is_a_file(tmp_path: Path) -> None:
+    assert build(EXAMPLE, out=tmp_path / "build").is_file()
+
+
+@pytest.mark.skipif(multiarch_include_dir() is None or not Path("/usr/include/bpf").is_dir(),
+                    reason="needs libbpf-dev and the multiarch kernel headers (make deps)")
+def test_libbpf_style_source_builds_as_it_is(tmp_path: Path) -> None:
+    src = tmp_path / "lb.c"
+    src.write_text(LIBBPF_STYLE)
+    obj = build(src)
+    r = subprocess.run([sys.executable, "-m", "ebpfseccomp", "emulate", str(obj),
+                        "--syscall", "39", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["verdict"] == "ERRNO(1)"
+
+
+def test_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    obj = build(EXAMPLE, out=tmp_path / "a.o")
+    r = subprocess.run(f"{sys.executable} -m ebpfseccomp disasm {obj} | head -1",
+                       shell=True, capture_output=True, text=True)
+    assert r.stdout.strip()
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--pid", "--tgid", "--uid", "--gid"])
+def test_ids_are_32_bit(tmp_path: Path, flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    obj = build(EXAMPLE, out=tmp_path / "a.o")
+    code = cli.main(["emulate", str(obj), "--syscall", "getpid", flag, str(1 << 32)])
+    assert code == 2
+    assert "out of range" in capsys.readouterr().err
+
+
+def test_errno_is_capped_as_the_kernel_caps_it() -> None:
+    v = Verdict(0x00050000 | 5000)
+    assert str(v) == "ERRNO(4095)" and v.errno == 4095 and v.data == 5000
+    assert Verdict(0x00050000 | 13).errno == 13
+    assert Verdict(0x7FFF0000).errno is None
+
+
+ERRNO_SRC = """\
+#include <ebpfseccomp/filter.h>
+SEC("seccomp") int f(struct seccomp_data *ctx)
+{
+	if (ctx->nr == SYS_socket)
+		return SECCOMP_ERRNO(ENETDOWN);
+	return ctx->nr == SYS_quotactl ? SECCOMP_ERRNO(EDQUOT) : SECCOMP_ALLOW;
+}
+SECCOMP_LICENSE("GPL");
+"""
+
+
+def test_every_kernel_errno_compiles(tmp_path: Path) -> None:
+    src = tmp_path / "e.c"
+    src.write_text(ERRNO_SRC)
+    obj = build(src)
+    for name, want in (("socket", "ERRNO(100)"), ("quotactl", "ERRNO(122)")):
+        r = subprocess.run([sys.executable, "-m", "ebpfseccomp", "emulate", str(obj),
+                            "--syscall", name, "--json"], capture_output=True, text=True)
+        assert json.loads(r.stdout)["verdict"] == want, r.stderr
+
+
+@pytest.mark.skipif(not Path("/usr/include/asm-generic/errno.h").exists(),
+                    reason="needs the kernel's uapi headers (linux-libc-dev, make deps)")
+def test_errno_header_matches_the_installed_kernel_headers() -> None:
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "gen_errno.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -702,9 +702,15 @@ class Emulator:
         self._rd: dict[int, bytes | bytearray] = {}
         self._wr: dict[int, bytearray] = {}
         self._stacks = [bytearray(MAX_BPF_STACK) for _ in range(MAX_CALL_FRAMES)]
+        # which stack bytes were written in this run (1) or never (0): the kernel
+        # refuses reads of the others without CAP_PERFMON, and with it they read
+        # stale data, so the emulator stops rather than guess a value
+        self._stack_init = [bytearray(MAX_BPF_STACK) for _ in range(MAX_CALL_FRAMES)]
+        self._shadow: dict[int, bytearray] = {}
         for depth, buf in enumerate(self._stacks):
             self._rd[_STACK_KEY + depth] = buf
             self._wr[_STACK_KEY + depth] = buf
+            self._shadow[_STACK_KEY + depth] = self._stack_init[depth]
         self._rd[CTX_KEY] = bytes(64)
         self._perm_next = _PERM_KEY
         self._perm: dict[tuple[str, int], int] = {}  # (map, index) -> key
@@ -728,6 +734,7 @@ class Emulator:
         """Run the program once for INP; maps and globals keep their state."""
         self._rd[CTX_KEY] = inp.pack()
         self._stacks[0][:] = _ZERO_STACK
+        self._stack_init[0][:] = _ZERO_STACK
         if self._run_next != _RUN_KEY:
             for key in range(_RUN_KEY, self._run_next):
                 del self._rd[key]
@@ -911,11 +918,37 @@ class Emulator:
             return "a map value"
         return "a memory region"
 
+    def uninit_error(self, addr: int, size: int, pc: int, what: str = "load of") -> EmulationError:
+        key, off = addr >> _SHIFT, addr & _OFF
+        frame = key - _STACK_KEY
+        return EmulationError(
+            f"{what} {size} bytes at fp{off - MAX_BPF_STACK:+d} (frame {frame}) at insn {pc}"
+            f"{self._describe(pc)}: stack bytes that were never written in this run. The "
+            "kernel refuses such a read without CAP_PERFMON and with it reads stale data; "
+            "the emulator does not guess: initialise the variable (e.g. = {0}) first"
+        )
+
+    def _mark_init(self, addr: int, size: int) -> None:
+        shadow = self._shadow.get(addr >> _SHIFT)
+        if shadow is not None:
+            off = addr & _OFF
+            shadow[off : off + size] = _ONES[:size]
+
+    def _check_init(self, addr: int, size: int, pc: int, what: str) -> None:
+        shadow = self._shadow.get(addr >> _SHIFT)
+        if shadow is not None:
+            off = addr & _OFF
+            if shadow.find(0, off, off + size) != -1:
+                raise self.uninit_error(addr, size, pc, what)
+
     def _runtime(self, errors: dict[int, str]) -> dict[str, Any]:
         rd, wr = self._rd, self._wr
         fault = self._fault
         ctxk = CTX_KEY
         sh, om = _SHIFT, _OFF
+        shadows = self._shadow
+        uninit = self.uninit_error
+        ones = _ONES
 
         def make_ld(fmt: str, size: int) -> Callable[[int, int], int]:
             unpack = struct.Struct(fmt).unpack_from
@@ -926,21 +959,30 @@ class Emulator:
                 try:
                     if k == ctxk and a & align:
                         raise KeyError
-                    return unpack(rd[k], a & om)[0] & M64
+                    value = unpack(rd[k], a & om)[0] & M64
                 except (KeyError, struct.error):
                     raise fault(a, size, pc, False) from None
+                shadow = shadows.get(k)
+                if shadow is not None and shadow.find(0, a & om, (a & om) + size) != -1:
+                    raise uninit(a, size, pc)
+                return value
 
             return ld
 
         def make_st(fmt: str, size: int) -> Callable[[int, int, int], None]:
             pack = struct.Struct(fmt).pack_into
             mask = (1 << (8 * size)) - 1
+            filled = ones[:size]
 
             def st(a: int, v: int, pc: int) -> None:
+                k = a >> sh
                 try:
-                    pack(wr[a >> sh], a & om, v & mask)
+                    pack(wr[k], a & om, v & mask)
                 except (KeyError, struct.error):
                     raise fault(a, size, pc, True) from None
+                shadow = shadows.get(k)
+                if shadow is not None:
+                    shadow[a & om : (a & om) + size] = filled
 
             return st
 
@@ -983,6 +1025,7 @@ class Emulator:
 
         frames = self._frames
         stacks = self._stacks
+        stack_init = self._stack_init
 
         def call(R: list[int], ret: int, target: int, pc: int) -> int:
             depth = len(frames) + 1
@@ -993,6 +1036,7 @@ class Emulator:
                 )
             frames.append((ret, R[6:11]))
             stacks[depth][:] = _ZERO_STACK
+            stack_init[depth][:] = _ZERO_STACK
             R[10] = _addr(_STACK_KEY + depth, MAX_BPF_STACK)
             return target
 
@@ -1044,6 +1088,7 @@ class Emulator:
                 pc, name, f"{what} ({size} bytes at {addr:#x}) is not inside the stack or a "
                 "map value"
             )
+        self._check_init(addr, size, pc, f"helper {name} reading its {what}:")
         return bytes(buf[off : off + size])
 
     def _dest(self, addr: int, size: int, pc: int, name: str) -> tuple[bytearray, int]:
@@ -1054,6 +1099,8 @@ class Emulator:
                 pc, name, f"destination ({size} bytes at {addr:#x}) is not inside the stack "
                 "or a writable map value"
             )
+        # the helpers define every byte of their destination on every return
+        self._mark_init(addr, size)
         return buf, off
 
     def _h_map_lookup_elem(self, R: list[int], pc: int) -> int:
@@ -1145,6 +1192,8 @@ class Emulator:
             buf[off : off + size] = bytes(size)
             return -EFAULT
         buf[off : off + len(data)] = data
+        # the kernel (v2) zeroes what follows the string: no stale byte survives
+        buf[off + len(data) : off + size] = bytes(size - len(data))
         if data.endswith(b"\0"):
             # strncpy_from_user_nofault: string length + 1, but 0 for ""
             return len(data) if len(data) > 1 else 0
@@ -1153,3 +1202,4 @@ class Emulator:
 
 
 _ZERO_STACK = bytes(MAX_BPF_STACK)
+_ONES = b"\x01" * MAX_BPF_STACK

@@ -755,8 +755,23 @@ class _Checker:
             self.cap_bpf(f"loops (back-edges {desc})")
             self.notes.append(
                 "the program has loops: the verifier must prove each one terminates "
-                "(bounded loop); this checker does not"
+                "(bounded loop); this checker only refuses loops that exit on a comparison "
+                "with a register (a bound it cannot see to be constant)"
             )
+            for t, w in back_edges:
+                exit_cmp = self._register_bounded_exit(w, t)
+                if exit_cmp is not None:
+                    self.problem(
+                        exit_cmp,
+                        "loop-bound",
+                        f"the loop from insn {w} to {t} ends on a comparison with a register "
+                        f"(insn {exit_cmp}); unless that register is a constant the verifier "
+                        f"cannot bound the loop and refuses the program after 1,000,000 "
+                        f"instructions (E2BIG)",
+                        "bound the loop by a constant as well, e.g. "
+                        "`for (i = 0; i < 64 && i < n; i++)`",
+                    )
+                    ok = False
             if self.unprivileged:
                 t, w = back_edges[0]
                 self.problem(
@@ -781,6 +796,21 @@ class _Checker:
                 "mark the function `static __always_inline`, or load with CAP_BPF",
             )
         return ok
+
+    def _register_bounded_exit(self, head: int, tail: int) -> int | None:
+        """The first conditional jump of the loop HEAD..TAIL (by position) that
+        compares two registers and has an edge out of the loop, else None.
+        Conservative: a register holding a constant is refused too (documented
+        in docs/benchmarks.md among the checker's conservative refusals)."""
+        lo, hi = min(head, tail), max(head, tail)
+        for i in range(lo, hi + 1):
+            ins = self.insns[i]
+            if not _is_cond_jump(ins) or ins.source != BPF_X or ins.op == BPF_JCOND:
+                continue
+            outs = [i + 1, _jump_target(i, ins)]
+            if any(o is not None and not lo <= o <= hi for o in outs):
+                return i
+        return None
 
     # --- pass 3: instructions, helpers, maps ---------------------------------------
 
@@ -1044,6 +1074,131 @@ class _Checker:
         return SCALAR
 
     # --- pass 5: per-instruction checks on the settled states ----------------------
+
+    # --- pass 4b: stack bytes read before they are written -------------------------
+
+    #: helpers that fill their destination (r1, r2 bytes) on every return
+    _FILLS_R1 = frozenset(contract.HELPER_IDS[n] for n in (
+        "probe_read_user", "probe_read_user_str", "probe_read", "probe_read_str",
+        "probe_read_kernel", "probe_read_kernel_str"))
+
+    def _fp_off(self, st: _State, reg: int) -> int | None:
+        """The stack offset REG holds on every path, or None."""
+        v = st.reg(reg)
+        if len(v) == 1:
+            (p,) = v
+            if p[0] == "fp" and p[1] is not None:
+                return int(p[1])
+        return None
+
+    def _const_before(self, i: int, reg: int) -> int | None:
+        """REG's value at insn I if its last definition in I's straight-line run
+        is a move of a constant (how clang passes a buffer's size), else None."""
+        targets = self.jump_targets
+        j = i - 1
+        while j >= 0 and i - j <= 16:
+            ins = self.insns[j]
+            if ins.cls in (BPF_JMP, BPF_JMP32):
+                return None
+            if ins.cls in (BPF_ALU, BPF_ALU64) and ins.dst == reg:
+                if ins.op == BPF_MOV and ins.source == BPF_K and ins.off == 0:
+                    return ins.imm if ins.cls == BPF_ALU64 else ins.imm & 0xFFFFFFFF
+                return None
+            if ins.cls in (BPF_LDX, BPF_LD) and ins.dst == reg:
+                return None
+            if j in targets:
+                return None
+            j -= 1
+        return None
+
+    def check_stack_init(self) -> None:
+        """Must-analysis of written stack bytes, per subprogram: a read of bytes not
+        written on every path reaches the kernel's "invalid read from stack" (refused
+        without CAP_PERFMON; with it, stale data).  Writes through a pointer whose
+        stack offset is not known on every path count as no write (conservative)."""
+        base = contract.MAX_BPF_STACK
+        self.jump_targets = {t for j, ins in enumerate(self.insns)
+                             if (t := _jump_target(j, ins)) is not None}
+
+        def bits(off: int, size: int) -> int:
+            lo = max(off + base, 0)
+            hi = min(off + base + size, base)
+            return ((1 << (hi - lo)) - 1) << lo if hi > lo else 0
+
+        found: dict[int, tuple[int, int]] = {}
+
+        def need(i: int, off: int | None, size: int, mask: int) -> None:
+            if off is not None and size > 0 and (mask & bits(off, size)) != bits(off, size):
+                found.setdefault(i, (off, size))
+
+        for start in self.subprog_starts:
+            sub = self._subprog_of(start)
+            masks: dict[int, int] = {start: 0}
+            work = [start]
+            while work:
+                i = work.pop()
+                mask = masks[i]
+                ins = self.insns[i]
+                st = self.states.get(i)
+                if st is None:
+                    continue
+                if ins.cls == BPF_LDX and ins.mode in (BPF_MEM, BPF_MEMSX):
+                    need(i, self._mem_off(st, ins.src, ins.off), SIZE_BYTES[ins.size], mask)
+                elif ins.cls in (BPF_ST, BPF_STX):
+                    off = self._mem_off(st, ins.dst, ins.off)
+                    if ins.mode == BPF_ATOMIC:
+                        need(i, off, SIZE_BYTES[ins.size], mask)
+                    elif off is not None:
+                        mask |= bits(off, SIZE_BYTES[ins.size])
+                elif ins.is_call() and ins.src == 0:
+                    mask = self._helper_stack(i, ins.imm, st, mask, need, bits)
+                outs = self.succ.get(i, [])
+                if ins.is_pseudo_call() or (ins.is_ld_imm64() and ins.src == BPF_PSEUDO_FUNC):
+                    outs = [i + 2 if ins.is_ld_imm64() else i + 1]
+                for t in outs:
+                    if self._subprog_of(t) != sub:
+                        continue
+                    old = masks.get(t)
+                    new = mask if old is None else old & mask
+                    if new != old:
+                        masks[t] = new
+                        work.append(t)
+        for i, (off, size) in sorted(found.items()):
+            if self.unprivileged:
+                self.problem(
+                    i,
+                    "uninit-stack",
+                    f"invalid read from stack off {off} size {size}: bytes not written on "
+                    f"every path",
+                    "initialise the variable first (e.g. `= {0}`), or load with CAP_PERFMON",
+                )
+            else:
+                self.notes.append(
+                    f"insn {i}: reads stack off {off} size {size}, not written on every path: "
+                    "the kernel refuses this without CAP_PERFMON, and with it the read sees "
+                    "stale data (the emulator stops there)"
+                )
+
+    def _mem_off(self, st: _State, reg: int, insn_off: int) -> int | None:
+        off = self._fp_off(st, reg)
+        return None if off is None else off + insn_off
+
+    def _helper_stack(self, i: int, func_id: int, st: _State, mask: int,
+                      need: Any, bits: Any) -> int:
+        name = contract.HELPER_NAMES.get(func_id, "")
+        if func_id in self._FILLS_R1:
+            off, size = self._fp_off(st, 1), self._const_before(i, 2)
+            if off is not None and size is not None:
+                mask |= bits(off, size)
+            return mask
+        if name in ("map_lookup_elem", "map_update_elem", "map_delete_elem"):
+            maps = [p[1] for p in st.reg(1) if p[0] == "map"]
+            spec = self.obj.maps.get(maps[0]) if len(maps) == 1 else None
+            if spec is not None:
+                need(i, self._fp_off(st, 2), spec.key_size, mask)
+                if name == "map_update_elem":
+                    need(i, self._fp_off(st, 3), spec.value_size, mask)
+        return mask
 
     def check_accesses(self) -> None:
         for i in sorted(self.states):
@@ -1336,6 +1491,7 @@ class _Checker:
             if encoding_ok and self.cfg_ok:
                 self.dataflow()
                 self.check_accesses()
+                self.check_stack_init()
                 self.check_frames()
             else:
                 self.notes.append(

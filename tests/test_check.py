@@ -437,3 +437,76 @@ def test_cli_unprivileged(tmp_path: Path) -> None:
     assert rc == 0 and "CAP_BPF: needed for loops" in text
     rc, text = _run_cli(["check", str(loop), "--unprivileged"])
     assert rc == 1 and "back-edge" in text
+
+
+# --- stack bytes read before written (issue 13) -----------------------------------
+
+
+def test_uninitialised_stack_read_is_refused_for_unprivileged_loaders() -> None:
+    """The kernel refuses reading stack bytes not written on every path unless the
+    loader has CAP_PERFMON (then it reads stale data): --unprivileged says so."""
+    prog = flatten(
+        ldx(BPF_W, 2, 1, 0),
+        jne(2, 39, 1),
+        st(BPF_W, 10, -8, 7),  # only on one path, and only 4 of the 8 bytes
+        ldx(BPF_DW, 0, 10, -8),
+        ret(ALLOW),
+    )
+    r = chk(prog, unprivileged=True)
+    assert "uninit-stack" in codes(r), [str(p) for p in r.problems]
+    priv = chk(prog)
+    assert priv.loadable
+    assert any("CAP_PERFMON" in n for n in priv.notes), priv.notes
+
+
+def test_stack_written_on_every_path_is_fine() -> None:
+    prog = flatten(
+        ldx(BPF_W, 2, 1, 0),
+        jne(2, 39, 2),
+        st(BPF_DW, 10, -8, 7),
+        ja(1),
+        st(BPF_DW, 10, -8, 9),
+        ldx(BPF_DW, 0, 10, -8),
+        ret(ALLOW),
+    )
+    assert "uninit-stack" not in codes(chk(prog, unprivileged=True))
+
+
+def test_helper_filled_buffer_counts_as_written() -> None:
+    """probe_read_user_str defines its whole destination (size from the mov
+    before the call), so reading any byte of it afterwards is fine; a map key
+    that was never written is not."""
+    prog = flatten(
+        ldx(BPF_DW, 3, 1, 16),
+        movr(1, 10),
+        add(1, -64),
+        mov(2, 64),
+        call(HELPER_IDS["probe_read_user_str"]),
+        ldx(BPF_DW, 0, 10, -8),
+        ret(ALLOW),
+    )
+    assert "uninit-stack" not in codes(chk(prog, unprivileged=True))
+
+
+def test_loop_bounded_by_an_argument_is_not_loadable() -> None:
+    """for (i = 0; i < args[0]; i++): the verifier cannot bound it (issue 13)."""
+    prog = flatten(
+        ldx(BPF_DW, 2, 1, 16),  # n = args[0]
+        mov(3, 0),  # i = 0
+        add(3, 1),  # loop: i++
+        Insn(0x2D, 2, 3, -2, 0),  # if n > i goto loop  (jgt r2, r3)
+        ret(ALLOW),
+    )
+    r = chk(prog)
+    assert not r.loadable and "loop-bound" in codes(r), [str(p) for p in r.problems]
+
+
+def test_loop_bounded_by_a_constant_stays_loadable() -> None:
+    prog = flatten(
+        mov(3, 0),
+        add(3, 1),
+        Insn(0xA5, 3, 0, -2, 16),  # if i < 16 goto loop  (jlt r3, 16)
+        ret(ALLOW),
+    )
+    r = chk(prog)
+    assert r.loadable and "loop-bound" not in codes(r)

@@ -236,6 +236,7 @@ def test_stack_stores_and_loads() -> None:
         st(I.BPF_W, 10, -16, -2),  # imm stores truncate to the width
         st(I.BPF_H, 10, -12, 0x1234),
         st(I.BPF_B, 10, -10, 0x99),
+        st(I.BPF_B, 10, -9, 0),  # fp-16..-9 all written: the DW load below may read them
         ldx(I.BPF_B, 3, 10, -7),  # 0x77
         ldx(I.BPF_H, 4, 10, -2),  # 0x1122
         ldx(I.BPF_W, 5, 10, -16),  # 0xfffffffe
@@ -248,6 +249,18 @@ def test_stack_stores_and_loads() -> None:
     emu = Emulator(prog_obj(prog))
     res = emu.run(SyscallInput(0))
     assert res.r0 == 0x77 + 0x1122 + 0xFFFF_FFFE
+
+
+def test_uninitialised_stack_read_stops() -> None:
+    """A byte of the stack never written in this run: the kernel refuses the
+    read without CAP_PERFMON and reads stale data with it, so the emulator stops
+    with an error naming the slot, instead of answering with a zero."""
+    partial = flatten(st(I.BPF_W, 10, -8, 1), ldx(I.BPF_DW, 0, 10, -8), exit_())
+    with pytest.raises(EmulationError, match=r"fp-8 .*never written"):
+        run(partial)
+    # a later run starts with nothing written again
+    full = flatten(st(I.BPF_DW, 10, -8, 1), ldx(I.BPF_DW, 0, 10, -8), exit_())
+    assert run(full) == 1
 
 
 def test_sign_extending_loads() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from . import __version__
 from .errors import EbpfSeccompError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("build", "check", "disasm", "emulate", "probe", "load", "run", "daemon")
+COMMANDS = ("build", "check", "disasm", "emulate", "syscalls", "probe", "load", "run", "daemon")
 
 DESCRIPTION = """\
 eBPF seccomp filters: write a filter in restricted C, then
@@ -71,6 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EbpfSeccompError as exc:
+        if getattr(args, "json", False):
+            # scripts asked for JSON: the error is JSON too, on stdout
+            print(json.dumps({"error": exc.message, "kind": type(exc).__name__,
+                              "path": getattr(exc, "path", None),
+                              "hint": getattr(exc, "hint", None),
+                              "exit_status": exc.exit_code}))
         print(f"ebpfseccomp {args.command}: error: {exc.render()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

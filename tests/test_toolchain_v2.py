@@ -111,3 +111,78 @@ def test_errno_header_matches_the_installed_kernel_headers() -> None:
     r = subprocess.run([sys.executable, str(REPO / "tools" / "gen_errno.py"), "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# --- syscalls resolver, JSON errors, trace expectations ----------------------------
+
+
+def test_syscalls_resolver(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["syscalls", "openat"]) == 0
+    assert capsys.readouterr().out.strip() == "257"
+    assert cli.main(["syscalls", "59"]) == 0
+    assert capsys.readouterr().out.strip() == "execve"
+    assert cli.main(["syscalls", "openat", "--arch", "arm64", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"arch": "aarch64", "nr": 56, "name": "openat"}
+    assert cli.main(["syscalls", "open", "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "x86_64: open 2" in out and "aarch64: open ?" in out
+    assert cli.main(["syscalls", "open", "--arch", "aarch64"]) == 2
+    assert "openat" in capsys.readouterr().err  # suggests
+
+
+def test_json_errors_go_to_stdout_as_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["syscalls", "bogus", "--json"]) == 2
+    err = json.loads(capsys.readouterr().out)
+    assert err["kind"] == "UsageError" and "bogus" in err["error"] and err["exit_status"] == 2
+
+
+def _trace(tmp_path: Path, lines: list[dict[str, object]]) -> str:
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return str(path)
+
+
+def test_trace_expectations_make_a_regression_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "d.c"
+    src.write_text(ERRNO_SRC)
+    obj = str(build(src))
+    good = _trace(tmp_path, [{"syscall": "socket", "expect": "ERRNO(ENETDOWN)"},
+                             {"syscall": "getpid", "expect": "allow"}])
+    assert cli.main(["emulate", obj, "--trace", good, "--check"]) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [(r["line"], r["name"], r["ok"]) for r in recs] == [(1, "socket", True),
+                                                               (2, "getpid", True)]
+    bad = _trace(tmp_path, [{"syscall": "getpid", "expect": "ALLOW"},
+                            {"syscall": "quotactl", "expect": "ERRNO(1)"},
+                            {"syscall": "getpid"}])
+    assert cli.main(["emulate", obj, "--trace", bad, "--check"]) == 1
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2  # stopped at the mismatch
+    assert ":2: expected ERRNO(1), the filter answered ERRNO(122)" in out.err
+    # without --check: every line, each with ok
+    assert cli.main(["emulate", obj, "--trace", bad]) == 0
+    assert [json.loads(x)["ok"] if "ok" in json.loads(x) else None
+            for x in capsys.readouterr().out.splitlines()] == [True, False, None]
+
+
+def test_trace_error_becomes_a_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "u.c"
+    src.write_text('#include <ebpfseccomp/filter.h>\n'
+                   'SEC("seccomp") int f(struct seccomp_data *ctx)\n'
+                   '{ char b[8]; if (ctx->nr == 39) return SECCOMP_ALLOW;\n'
+                   '  bpf_probe_read_user_str(b, sizeof(b), (void *)ctx->args[0]);\n'
+                   '  return b[0] == 0x2f ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }\n'
+                   'SECCOMP_LICENSE("GPL");\n')
+    obj = str(build(src))
+    trace = _trace(tmp_path, [{"syscall": 2, "args": [4096], "mem": {"4096": "/x"}},
+                              {"syscall": 39},
+                              {"syscall": 2, "args": [4096], "mem": {"4096": "y"}}])
+    assert cli.main(["emulate", obj, "--trace", trace]) == 0
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["verdict"] for r in recs] == ["ERRNO(1)", "ALLOW", "ALLOW"]
+    assert [r["line"] for r in recs] == [1, 2, 3]
+    assert cli.main(["emulate", obj, "--trace", trace, "--budget", "3"]) == 1
+    recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(recs) == 3 and all("error" in r for r in recs if r["syscall"] == 2)

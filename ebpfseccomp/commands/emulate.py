@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import errno as _errno
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..contract import AUDIT_ARCH
+from ..contract import ACTIONS_WITH_DATA, AUDIT_ARCH, MAX_ERRNO, Action, Verdict
 from ..elf import load_object
 from ..emulate import Emulator, Environment, Result, SyscallInput
 from ..errors import EbpfSeccompError, UsageError
+from ..syscalls import ARCHES
+from ..syscalls import name as name_of
 
 M64 = (1 << 64) - 1
 
@@ -38,7 +41,16 @@ memory (what probe_read_user_str reads); hex:0011ff stores raw bytes.
   {"syscall": "openat", "args": [0, 4096, 64], "arch": "x86_64", "pid": 10,
    "uid": 1000, "gid": 1000, "ip": 0, "mem": {"0x1000": "/tmp/x"}, "time": 5000}
 Only "syscall" is needed; the command-line flags give the defaults.  Map and
-global state carry over from line to line; each line prints a JSON result.
+global state carry over from line to line; each line prints a JSON result
+with its "line" number, and a line the emulator cannot run prints
+{"line": N, "error": ...} and the run goes on (exit status 1 at the end).
+
+A line may say what the filter must answer: "expect": "ERRNO(EPERM)" (or
+"ERRNO(1)", "ALLOW", "KILL_PROCESS", "TRAP(5)", ...).  The result then has
+"ok": true or false, and with --check the run stops at the first mismatch
+with exit status 1 and the line number: a trace file becomes a regression
+test of a filter, e.g. in CI:
+  ebpfseccomp emulate filter.o --trace cases.jsonl --check
 
 The environment is deterministic: bpf_ktime_get_ns() returns --time (default
 1000000000) and does not advance unless a trace line sets "time";
@@ -189,14 +201,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--budget", metavar="N", help="instructions per call before giving up")
     p.add_argument("--trace", metavar="FILE.jsonl",
                    help="run a sequence of calls, one JSON object per line")
+    p.add_argument("--check", action="store_true",
+                   help="with --trace: exit 1 at the first line whose \"expect\" differs")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
     p.set_defaults(func=run)
+
+
+def syscall_name(inp: SyscallInput) -> str | None:
+    if not isinstance(inp.arch, str) or inp.arch not in ARCHES:
+        return None
+    return name_of(inp.nr, inp.arch)
 
 
 def result_json(inp: SyscallInput, res: Result) -> dict[str, Any]:
     v = res.verdict
     return {
         "syscall": inp.nr,
+        "name": syscall_name(inp),
         "action": v.action.name,
         "data": v.data,
         "value": v.value,
@@ -270,18 +291,67 @@ def run(args: argparse.Namespace) -> int:
             print(res.verdict)
         return 0
 
-    for lineno, inp in _trace_inputs(args.trace, arch, call_args, ip):
+    if args.check and args.trace is None:
+        raise UsageError("--check needs --trace FILE.jsonl (lines with \"expect\")")
+    status = 0
+    for lineno, inp, expect in _trace_inputs(args.trace, arch, call_args, ip):
         try:
             res = emu.run(inp)
         except EbpfSeccompError as exc:
-            raise type(exc)(f"line {lineno}: {exc.message}", path=args.trace,
-                            hint=exc.hint) from None
-        print(json.dumps(result_json(inp, res)), flush=False)
+            print(json.dumps({"line": lineno, "syscall": inp.nr, "name": syscall_name(inp),
+                              "error": exc.message}), flush=True)
+            if args.check:
+                raise type(exc)(f"line {lineno}: {exc.message}", path=args.trace,
+                                hint=exc.hint) from None
+            status = 1
+            continue
+        record = {"line": lineno, **result_json(inp, res)}
+        if expect is not None:
+            record["expect"] = expect
+            record["ok"] = verdict_matches(res.verdict, expect)
+        print(json.dumps(record), flush=False)
+        if args.check and record.get("ok") is False:
+            sys.stdout.flush()
+            print(f"ebpfseccomp emulate: {args.trace}:{lineno}: expected {expect}, the filter "
+                  f"answered {res.verdict}", file=sys.stderr)
+            return 1
     sys.stdout.flush()
-    return 0
+    return status
 
 
-_TRACE_KEYS = {"syscall", "args", "arch", "pid", "tgid", "uid", "gid", "ip", "mem", "time"}
+def parse_expect(text: str) -> str:
+    """Normalise an expected action: ALLOW, ERRNO(EPERM) -> ERRNO(1), TRAP(5) ..."""
+    t = text.strip().upper().replace(" ", "")
+    head, _, rest = t.partition("(")
+    if head.startswith("SECCOMP_RET_"):
+        head = head[len("SECCOMP_RET_"):]
+    if head == "KILL":
+        head = "KILL_THREAD"
+    if head not in Action.__members__:
+        raise UsageError(f"unknown action {text!r} in \"expect\"",
+                         hint=f"one of {', '.join(Action.__members__)}, e.g. ERRNO(EPERM)")
+    act = Action[head]
+    if not rest:
+        if act in ACTIONS_WITH_DATA:
+            return f"{act.name}(0)"
+        return act.name
+    data = rest.rstrip(")")
+    if act not in ACTIONS_WITH_DATA:
+        raise UsageError(f"{act.name} carries no data: {text!r}")
+    code = getattr(_errno, data, None) if not data.lstrip("-").isdigit() else int(data)
+    if not isinstance(code, int):
+        raise UsageError(f"unknown errno name {data!r} in \"expect\"")
+    if act == Action.ERRNO:
+        code = min(code, MAX_ERRNO)
+    return f"{act.name}({code})"
+
+
+def verdict_matches(verdict: Verdict, expect: str) -> bool:
+    return str(verdict) == expect
+
+
+_TRACE_KEYS = {"syscall", "args", "arch", "pid", "tgid", "uid", "gid", "ip", "mem", "time",
+               "expect"}
 
 
 def _int_field(value: Any, what: str) -> int:
@@ -292,7 +362,7 @@ def _int_field(value: Any, what: str) -> int:
 
 def _trace_inputs(
     path: str, arch: str | int, call_args: list[int], ip: int
-) -> Iterator[tuple[int, SyscallInput]]:
+) -> Iterator[tuple[int, SyscallInput, str | None]]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -303,10 +373,17 @@ def _trace_inputs(
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         try:
-            yield lineno, _trace_line(line, arch, call_args, ip)
+            inp = _trace_line(line, arch, call_args, ip)
+            rec = json.loads(line)
+            expect = None
+            if "expect" in rec:
+                if not isinstance(rec["expect"], str):
+                    raise EbpfSeccompError("expect must be a string like \"ERRNO(EPERM)\"")
+                expect = parse_expect(rec["expect"])
         except EbpfSeccompError as exc:
             raise EbpfSeccompError(f"line {lineno}: {exc.message}", path=path,
                                    hint=exc.hint) from None
+        yield lineno, inp, expect
 
 
 def _trace_line(line: str, arch: str | int, call_args: list[int], ip: int) -> SyscallInput:

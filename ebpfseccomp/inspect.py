@@ -1614,6 +1614,94 @@ class _Disassembler:
                 self.states = checker.states
         except Exception:  # the listing must never fail because of the analysis
             self.states = {}
+        self.origins = self._field_origins()
+        self.arch = self._guess_arch()
+
+    # --- seccomp terms: which registers hold nr or arch, what r0 means -----------
+
+    def _field_origins(self) -> dict[int, dict[int, str]]:
+        """Per instruction, the registers that hold ctx->nr or ctx->arch on every
+        path (loads from the context, copies), for naming syscalls and arches."""
+        insns = self.prog.insns
+        n = len(insns)
+        at: dict[int, dict[int, str]] = {0: {}}
+        work = [0]
+        seen = 0
+        while work and seen < 20 * n + 100:
+            seen += 1
+            i = work.pop()
+            if not 0 <= i < n:
+                continue
+            regs = dict(at[i])
+            ins = insns[i]
+            outs: list[int] = []
+            nxt = i + 2 if ins.is_ld_imm64() else i + 1
+            if ins.cls == BPF_LDX:
+                regs.pop(ins.dst, None)
+                note = self.ctx_note(i, ins.src, ins.off, SIZE_BYTES[ins.size])
+                if note in ("nr", "arch"):
+                    regs[ins.dst] = note
+                outs = [nxt]
+            elif ins.cls in (BPF_ALU, BPF_ALU64):
+                src = regs.get(ins.src) if ins.source == BPF_X else None
+                regs.pop(ins.dst, None)
+                if ins.op == BPF_MOV and ins.source == BPF_X and ins.off == 0 and src:
+                    regs[ins.dst] = src
+                outs = [nxt]
+            elif ins.cls in (BPF_JMP, BPF_JMP32):
+                if ins.is_exit():
+                    outs = []
+                elif ins.is_call():
+                    for r in range(6):
+                        regs.pop(r, None)
+                    outs = [nxt]
+                else:
+                    t = _jump_target(i, ins)
+                    outs = [t] if ins.op == BPF_JA else [nxt, t]  # type: ignore[list-item]
+            else:
+                if ins.cls == BPF_LD:
+                    regs.pop(ins.dst, None)
+                outs = [nxt]
+            for t in outs:
+                if t is None or not 0 <= t < n:
+                    continue
+                old = at.get(t)
+                new = regs if old is None else {k: v for k, v in old.items() if regs.get(k) == v}
+                if new != old:
+                    at[t] = new
+                    work.append(t)
+        return at
+
+    def _guess_arch(self) -> str | None:
+        """The syscall table to name numbers with: the arch the program compares
+        ctx->arch against first (None: unknown, numbers stay numbers)."""
+        by_value = {v: k for k, v in contract.AUDIT_ARCH.items()}
+        for i, ins in enumerate(self.prog.insns):
+            if _is_cond_jump(ins) and ins.source == BPF_K and \
+                    self.origins.get(i, {}).get(ins.dst) == "arch":
+                name = by_value.get(ins.imm & 0xFFFFFFFF)
+                if name in ("x86_64", "aarch64"):
+                    return name
+        return None
+
+    def seccomp_note(self, i: int, ins: Insn) -> str:
+        """'getppid' for a comparison of nr, 'AUDIT_ARCH_X86_64' for one of arch,
+        'ERRNO(EPERM)' for an action put in r0."""
+        if _is_cond_jump(ins) and ins.source == BPF_K:
+            what = self.origins.get(i, {}).get(ins.dst)
+            value = ins.imm & 0xFFFFFFFF
+            if what == "arch":
+                name = {v: k for k, v in contract.AUDIT_ARCH.items()}.get(value)
+                return f"AUDIT_ARCH_{name.upper()}" if name else ""
+            if what == "nr" and self.arch and ins.op in (BPF_JEQ, BPF_JNE):
+                from .syscalls import name as syscall_name
+
+                return syscall_name(value, self.arch) or ""
+            return ""
+        if ins.cls in (BPF_ALU, BPF_ALU64) and ins.op == BPF_MOV and ins.source == BPF_K \
+                and ins.dst == 0:
+            return _action_words(ins.imm & 0xFFFFFFFF)
+        return ""
 
     def label(self, t: int) -> str:
         name = self.prog.subprogs.get(t)
@@ -1768,11 +1856,69 @@ class _Disassembler:
                     raw = raw + " ".join(f"{b:02x}" for b in insns[i + 1].encode()) + "  "
                 else:
                     raw = raw + " " * 25
-            out.append(f"{i:>{width}}: {raw}{self.insn(i, ins)}")
+            out.append(f"{i:>{width}}: {raw}{self.text(i, ins)}")
             i += nslots
         return "\n".join(out) + "\n"
 
+    def text(self, i: int, ins: Insn) -> str:
+        text = self.insn(i, ins)
+        note = self.seccomp_note(i, ins)
+        if note and ";" not in text:
+            return f"{text:<{max(32, len(text) + 1)}}; {note}"
+        return text
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The listing as data, for --json."""
+        out = []
+        i = 0
+        insns = self.prog.insns
+        while i < len(insns):
+            ins = insns[i]
+            line = self.prog.lines.get(i)
+            out.append({
+                "insn": i,
+                "text": self.insn(i, ins),
+                "note": self.seccomp_note(i, ins) or None,
+                "bytes": ins.encode().hex(),
+                "subprogram": self.prog.subprogs.get(i),
+                "source": None if line is None else {
+                    "file": line.file, "line": line.line, "text": line.text},
+            })
+            i += 2 if ins.is_ld_imm64() and i + 1 < len(insns) else 1
+        return out
+
+
+def _action_words(value: int) -> str:
+    """'ERRNO(EPERM)', 'KILL_PROCESS', 'ALLOW' for a seccomp return value, '' if
+    VALUE is no known action."""
+    import errno as _errno
+
+    full = value & 0xFFFF0000
+    try:
+        act = contract.Action(full)
+    except ValueError:
+        return ""
+    if act == contract.Action.KILL_THREAD and value != 0:
+        return ""
+    data = value & 0xFFFF
+    if act == contract.Action.ERRNO:
+        return f"ERRNO({_errno.errorcode.get(min(data, contract.MAX_ERRNO), data)})"
+    if act in contract.ACTIONS_WITH_DATA:
+        return f"{act.name}({data})"
+    return act.name if data == 0 else f"{act.name} (data {data})"
+
 
 def disasm(obj: BpfObject, program: str | None = None, *, show_bytes: bool = False) -> str:
-    """A readable listing of PROGRAM: helper, map and context field names, source lines."""
+    """A readable listing of PROGRAM (every program if None and there are
+    several): helper, map and context field names, syscall and action names,
+    source lines."""
+    if program is None and len(obj.programs) > 1:
+        return "\n".join(_Disassembler(obj, p).render(show_bytes) for p in obj.programs)
     return _Disassembler(obj, obj.program(program)).render(show_bytes)
+
+
+def disasm_data(obj: BpfObject, program: str | None = None) -> list[dict[str, Any]]:
+    """The listing of PROGRAM (every program if None) as JSON-ready data."""
+    progs = obj.programs if program is None else [obj.program(program)]
+    return [{"path": obj.path, "program": p.name, "section": p.section,
+             "insns": _Disassembler(obj, p).rows()} for p in progs]

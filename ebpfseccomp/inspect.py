@@ -272,6 +272,11 @@ class Report:
     unprivileged: bool = False
     license: str | None = None
     stack_depth: int = 0
+    #: likely mistakes the kernel accepts (e.g. the 64-bit argument trap)
+    warnings: list[str] = field(default_factory=list)
+    #: map or global section -> the first instruction referring to it and its
+    #: source line: what raised the tier (a const table that landed in .rodata)
+    map_refs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def loadable(self) -> bool:
@@ -295,6 +300,8 @@ class Report:
             "maps": self.maps,
             "problems": [p.to_dict() for p in self.problems],
             "notes": self.notes,
+            "warnings": self.warnings,
+            "map_refs": self.map_refs,
         }
 
 
@@ -447,6 +454,7 @@ class _Checker:
         self.unprivileged = unprivileged
         self.problems: list[Problem] = []
         self.notes: list[str] = []
+        self.warnings: list[str] = []
         self.cap_bpf_reasons: list[str] = []
         self.relocs: dict[int, Reloc] = {r.insn: r for r in prog.relocs}
         self.helpers: dict[int, HelperUse] = {}
@@ -1200,6 +1208,53 @@ class _Checker:
                     need(i, self._fp_off(st, 3), spec.value_size, mask)
         return mask
 
+    def _ctx_field(self, i: int, ins: Insn) -> str:
+        st = self.states.get(i)
+        if st is None:
+            return ""
+        base = st.reg(ins.src)
+        if len(base) == 1:
+            (p,) = base
+            if p[0] == "ctx" and p[1] is not None:
+                return contract.seccomp_data_field(p[1] + ins.off, SIZE_BYTES[ins.size])
+        return ""
+
+    def check_arg_widths(self) -> None:
+        """The arg-width trap: args[] are whole 64-bit registers, and a 32-bit
+        int argument such as openat's dirfd usually arrives zero-extended
+        (AT_FDCWD is 0x00000000ffffff9c).  A 64-bit comparison of a whole
+        argument with a negative constant compares against the sign-extended
+        0xffffffffffffff9c and does not match it."""
+        origins = _register_origins(self.insns, self._ctx_field)
+        for i, ins in enumerate(self.insns):
+            if ins.cls != BPF_JMP or not _is_cond_jump(ins) or ins.source != BPF_K:
+                continue
+            field_ = origins.get(i, {}).get(ins.dst, "")
+            if not field_.startswith("args[") or ins.imm >= 0:
+                continue
+            line = self.line_for(i)
+            at = f" ({line.file.rsplit('/', 1)[-1]}:{line.line})" if line else ""
+            self.warnings.append(
+                f"insn {i}{at}: compares all 64 bits of {field_} with {ins.imm} "
+                f"({ins.imm & 0xFFFFFFFFFFFFFFFF:#x}); a 32-bit int argument usually arrives "
+                f"as {ins.imm & 0xFFFFFFFF:#010x} in a 64-bit register and will not match: "
+                f"compare (int){field_} (or (__u32)) for int arguments"
+            )
+
+    def _map_refs(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for r in sorted(self.prog.relocs, key=lambda r: r.insn):
+            if r.map in out or r.map.startswith(".rodata.init."):
+                continue
+            line = self.line_for(r.insn)
+            out[r.map] = {
+                "insn": r.insn,
+                "symbol": r.symbol or None,
+                "source": None if line is None else {
+                    "file": line.file, "line": line.line, "text": line.text},
+            }
+        return out
+
     def check_accesses(self) -> None:
         for i in sorted(self.states):
             st = self.states[i]
@@ -1492,6 +1547,7 @@ class _Checker:
                 self.dataflow()
                 self.check_accesses()
                 self.check_stack_init()
+                self.check_arg_widths()
                 self.check_frames()
             else:
                 self.notes.append(
@@ -1521,6 +1577,7 @@ class _Checker:
             insn_count=n,
             helpers=helpers,
             maps=self.maps_used,
+            map_refs=self._map_refs(),
             tier=tier,
             load_tier=load_tier,
             needs_cap_bpf=bool(self.cap_bpf_reasons),
@@ -1529,6 +1586,7 @@ class _Checker:
                 self.problems, key=lambda p: (-1 if p.insn is None else p.insn, p.code)
             ),
             notes=list(dict.fromkeys(self.notes)),
+            warnings=list(dict.fromkeys(self.warnings)),
             unprivileged=self.unprivileged,
             license=self.obj.license,
             stack_depth=self.stack_depth.get(0, 0),
@@ -1620,57 +1678,9 @@ class _Disassembler:
     # --- seccomp terms: which registers hold nr or arch, what r0 means -----------
 
     def _field_origins(self) -> dict[int, dict[int, str]]:
-        """Per instruction, the registers that hold ctx->nr or ctx->arch on every
-        path (loads from the context, copies), for naming syscalls and arches."""
-        insns = self.prog.insns
-        n = len(insns)
-        at: dict[int, dict[int, str]] = {0: {}}
-        work = [0]
-        seen = 0
-        while work and seen < 20 * n + 100:
-            seen += 1
-            i = work.pop()
-            if not 0 <= i < n:
-                continue
-            regs = dict(at[i])
-            ins = insns[i]
-            outs: list[int] = []
-            nxt = i + 2 if ins.is_ld_imm64() else i + 1
-            if ins.cls == BPF_LDX:
-                regs.pop(ins.dst, None)
-                note = self.ctx_note(i, ins.src, ins.off, SIZE_BYTES[ins.size])
-                if note in ("nr", "arch"):
-                    regs[ins.dst] = note
-                outs = [nxt]
-            elif ins.cls in (BPF_ALU, BPF_ALU64):
-                src = regs.get(ins.src) if ins.source == BPF_X else None
-                regs.pop(ins.dst, None)
-                if ins.op == BPF_MOV and ins.source == BPF_X and ins.off == 0 and src:
-                    regs[ins.dst] = src
-                outs = [nxt]
-            elif ins.cls in (BPF_JMP, BPF_JMP32):
-                if ins.is_exit():
-                    outs = []
-                elif ins.is_call():
-                    for r in range(6):
-                        regs.pop(r, None)
-                    outs = [nxt]
-                else:
-                    t = _jump_target(i, ins)
-                    outs = [t] if ins.op == BPF_JA else [nxt, t]  # type: ignore[list-item]
-            else:
-                if ins.cls == BPF_LD:
-                    regs.pop(ins.dst, None)
-                outs = [nxt]
-            for t in outs:
-                if t is None or not 0 <= t < n:
-                    continue
-                old = at.get(t)
-                new = regs if old is None else {k: v for k, v in old.items() if regs.get(k) == v}
-                if new != old:
-                    at[t] = new
-                    work.append(t)
-        return at
+        return _register_origins(
+            self.prog.insns,
+            lambda i, ins: self.ctx_note(i, ins.src, ins.off, SIZE_BYTES[ins.size]))
 
     def _guess_arch(self) -> str | None:
         """The syscall table to name numbers with: the arch the program compares
@@ -1886,6 +1896,63 @@ class _Disassembler:
             })
             i += 2 if ins.is_ld_imm64() and i + 1 < len(insns) else 1
         return out
+
+
+def _register_origins(insns: list[Insn], field_at: Any) -> dict[int, dict[int, str]]:
+    """Per instruction, the registers that hold a whole field of struct
+    seccomp_data on every path ("nr", "arch", "args[2]"): loaded from the
+    context and only copied since.  FIELD_AT(i, ins) names what the load at I
+    reads ("" if not the context)."""
+    n = len(insns)
+    at: dict[int, dict[int, str]] = {0: {}}
+    work = [0]
+    seen = 0
+    while work and seen < 20 * n + 100:
+        seen += 1
+        i = work.pop()
+        if not 0 <= i < n:
+            continue
+        regs = dict(at[i])
+        ins = insns[i]
+        outs: list[int] = []
+        nxt = i + 2 if ins.is_ld_imm64() else i + 1
+        if ins.cls == BPF_LDX:
+            regs.pop(ins.dst, None)
+            note = field_at(i, ins)
+            if note in ("nr", "arch") or (note.startswith("args[") and note.endswith("]")):
+                regs[ins.dst] = note
+            outs = [nxt]
+        elif ins.cls in (BPF_ALU, BPF_ALU64):
+            src = regs.get(ins.src) if ins.source == BPF_X else None
+            regs.pop(ins.dst, None)
+            # a 32-bit move keeps nr and arch (32-bit fields) but not a whole argument
+            if ins.op == BPF_MOV and ins.source == BPF_X and ins.off == 0 and src and \
+                    (ins.cls == BPF_ALU64 or not src.startswith("args[")):
+                regs[ins.dst] = src
+            outs = [nxt]
+        elif ins.cls in (BPF_JMP, BPF_JMP32):
+            if ins.is_exit():
+                outs = []
+            elif ins.is_call():
+                for r in range(6):
+                    regs.pop(r, None)
+                outs = [nxt]
+            else:
+                t = _jump_target(i, ins)
+                outs = [t] if ins.op == BPF_JA else [nxt, t]  # type: ignore[list-item]
+        else:
+            if ins.cls == BPF_LD:
+                regs.pop(ins.dst, None)
+            outs = [nxt]
+        for t in outs:
+            if t is None or not 0 <= t < n:
+                continue
+            old = at.get(t)
+            new = regs if old is None else {k: v for k, v in old.items() if regs.get(k) == v}
+            if new != old:
+                at[t] = new
+                work.append(t)
+    return at
 
 
 def _action_words(value: int) -> str:

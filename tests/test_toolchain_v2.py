@@ -186,3 +186,37 @@ def test_trace_error_becomes_a_record(tmp_path: Path, capsys: pytest.CaptureFixt
     assert cli.main(["emulate", obj, "--trace", trace, "--budget", "3"]) == 1
     recs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(recs) == 3 and all("error" in r for r in recs if r["syscall"] == 2)
+
+
+ARG_TRAP = """\
+#include <ebpfseccomp/filter.h>
+static const char names[4][8] = { "a", "b", "c", "d" };
+SEC("seccomp") int f(struct seccomp_data *ctx)
+{
+	if (ctx->nr == SYS_openat && ctx->args[0] == -100)
+		return SECCOMP_ERRNO(EPERM);
+	if (ctx->nr == SYS_fchdir && (int)ctx->args[0] == -100)
+		return SECCOMP_ERRNO(EPERM);
+	volatile char c = names[ctx->nr & 3][0];
+	return c == 'z' ? SECCOMP_ERRNO(EPERM) : SECCOMP_ALLOW;
+}
+SECCOMP_LICENSE("GPL");
+"""
+
+
+def test_check_warns_about_the_arg_width_trap_and_names_what_raised_the_tier(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "trap.c"
+    src.write_text(ARG_TRAP)
+    obj = str(build(src))
+    assert cli.main(["check", obj, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (warning,) = report["warnings"]  # only the 64-bit comparison, not the (int) one
+    assert "args[0] with -100" in warning and "(int)args[0]" in warning
+    assert "trap.c:5" in warning
+    (name,) = [m for m in report["map_refs"] if m.startswith(".rodata")]
+    assert report["map_refs"][name]["source"]["line"] == 9
+    assert cli.main(["check", obj]) == 0
+    text = capsys.readouterr().out
+    assert "warning: insn" in text and "first used by insn" in text and "trap.c:9" in text

@@ -83,7 +83,20 @@ def format_report(report: Report) -> str:
         lines.append(f"  helpers: {helpers}")
     else:
         lines.append("  helpers: none")
-    lines.append(f"  maps: {', '.join(report.maps) if report.maps else 'none'}")
+    if report.maps:
+        where = []
+        for name in report.maps:
+            ref = report.map_refs.get(name)
+            if ref is None:
+                where.append(name)
+                continue
+            src = ref["source"]
+            at = f" at {src['file'].rsplit('/', 1)[-1]}:{src['line']}" if src else ""
+            sym = f" ({ref['symbol']})" if ref["symbol"] and ref["symbol"] != name else ""
+            where.append(f"{name}{sym}, first used by insn {ref['insn']}{at}")
+        lines.append("  maps: " + "; ".join(where))
+    else:
+        lines.append("  maps: none")
     lines.append(f"  tier: {TIER_TEXT[report.tier]}")
     if report.needs_cap_bpf:
         lines.append(f"  CAP_BPF: needed for {'; '.join(report.cap_bpf_reasons)}")
@@ -91,6 +104,8 @@ def format_report(report: Report) -> str:
         lines.append("  CAP_BPF: not needed by the verifier's rules")
     for note in report.notes:
         lines.append(f"  note: {note}")
+    for warning in report.warnings:
+        lines.append(f"  warning: {warning}")
     for p in report.problems:
         lines.append(p.render(path))
     if report.loadable:

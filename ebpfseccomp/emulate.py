@@ -924,7 +924,7 @@ class Emulator:
         return EmulationError(
             f"{what} {size} bytes at fp{off - MAX_BPF_STACK:+d} (frame {frame}) at insn {pc}"
             f"{self._describe(pc)}: stack bytes that were never written in this run. The "
-            "kernel refuses such a read without CAP_PERFMON and with it reads stale data; "
+            "kernel refuses such a read below the tracing tier and reads stale data at it; "
             "the emulator does not guess: initialise the variable (e.g. = {0}) first"
         )
 

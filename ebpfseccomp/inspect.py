@@ -1183,8 +1183,9 @@ class _Checker:
             else:
                 self.notes.append(
                     f"insn {i}: reads stack off {off} size {size}, not written on every path: "
-                    "the kernel refuses this without CAP_PERFMON, and with it the read sees "
-                    "stale data (the emulator stops there)"
+                    "the kernel refuses this below the tracing tier (a loader without "
+                    "CAP_BPF and CAP_PERFMON, or when the LSM denies helpers); at the "
+                    "tracing tier the read sees stale data (the emulator stops there)"
                 )
 
     def _mem_off(self, st: _State, reg: int, insn_off: int) -> int | None:

@@ -483,7 +483,7 @@ def load(
     policy = policy or SystemPolicy.current()
     prediction = predict(needs, creds, policy)
     if check:
-        _static_check(obj, prog, spath, creds)
+        _static_check(obj, prog, spath, creds, prediction.tier)
         if not prediction.ok:
             raise _predicted_refusal(prediction, prog.name, spath)
 
@@ -514,7 +514,14 @@ def _predicted_refusal(prediction: Prediction, name: str, path: str) -> Privileg
     return exc
 
 
-def _static_check(obj: object, prog: object, path: str, creds: Credentials) -> None:
+#: What the kernel's unprivileged verifier rules refuse that CAP_PERFMON would
+#: allow; below the TRACING tier a seccomp program gets those rules whatever
+#: the loader's capabilities (kernel-patches 0005).
+PERFMON_ONLY_CODES = frozenset({"uninit-stack", "ptr-leak"})
+
+
+def _static_check(obj: object, prog: object, path: str, creds: Credentials,
+                  tier: Tier = Tier.TRACING) -> None:
     """inspect.check's problems stop the load before bpf(2).
 
     Problems under the privileged rules are the object's fault (ObjectError);
@@ -535,6 +542,17 @@ def _static_check(obj: object, prog: object, path: str, creds: Credentials) -> N
         raise ObjectError(f"the kernel's verifier would refuse program '{name}': {text}{more}",
                           path=path, hint="`ebpfseccomp check` lists every problem")
     if creds.bpf_capable:
+        if tier == Tier.TRACING:
+            return
+        ureport = _inspect.check(obj, name, unprivileged=True)  # type: ignore[arg-type]
+        below = [p for p in ureport.problems if p.code in PERFMON_ONLY_CODES]
+        if below:
+            text = "; ".join(str(p) for p in below[:8])
+            raise PrivilegeError(
+                f"program '{name}' would get tier {tier.name.lower()}, where the verifier "
+                f"applies its unprivileged rules whatever this loader's CAP_PERFMON, and "
+                f"refuses: {text}", path=path,
+                hint="initialise what the program reads and keep pointers out of maps")
         return
     ureport = _inspect.check(obj, name, unprivileged=True)  # type: ignore[arg-type]
     extra = [p for p in ureport.problems if p.code not in PREDICTED_CODES

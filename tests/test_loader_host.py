@@ -535,3 +535,22 @@ def test_libbpf_probe_read_rewrite_is_undone(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(esys, "program_insns", lambda h: buf3)
     with pytest.raises(ObjectError, match="cannot be told apart"):
         loader._helper_restorer("f", both, "x.o")(1)
+
+
+def test_below_the_tracing_tier_unprivileged_verifier_rules_apply() -> None:
+    """The v2 kernel verifies a seccomp program below the tracing tier with the
+    unprivileged rules whatever the loader's CAP_PERFMON (a read of stack never
+    written could return stale kernel data to the filtered tasks): the loader
+    refuses such a program early for root when the tier will be lower."""
+    from asm import ALLOW, flatten, ldx, ret, simple_object
+
+    from ebpfseccomp.contract import Tier
+    from ebpfseccomp.elf import load_object_bytes
+    from ebpfseccomp.insn import BPF_DW
+
+    obj = load_object_bytes(simple_object(flatten(ldx(BPF_DW, 2, 10, -8), ret(ALLOW))), "u.o")
+    prog = obj.programs[0]
+    root = Credentials.from_values(0, ["CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON"])
+    loader._static_check(obj, prog, "u.o", root, Tier.TRACING)  # stale data, but loads
+    with pytest.raises(PrivilegeError, match="invalid read from stack"):
+        loader._static_check(obj, prog, "u.o", root, Tier.NONE)

@@ -57,8 +57,11 @@ selftest-baseline: deps
 check-series: kernel
 	@vm/check-series
 
+# JUnit XML for CI systems: host tests, every guest test and every kselftest
+# case (one test case each, from its TAP), in build/junit.xml.
 test: deps lint kernel
-	$(PY) -m pytest -q --vm
+	@mkdir -p build
+	$(PY) -m pytest -q --vm -o junit_family=xunit2 --junitxml=build/junit.xml
 
 demo: kernel
 	@vm/demo

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -298,3 +299,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
     if use_vm and not config.option.collectonly:
         _expand_selftests(vm_run(config), items)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """With --vm: one short block a CI log reader can find, per kernel booted:
+    the guest (kernel, cpus, clocksource), the guest tests' and each selftest
+    binary's counts against the baseline, and the wall time of each phase."""
+    if IN_VM or not config.getoption("--vm"):
+        return
+    run = config.pluginmanager.get_plugin(VM_RUN_PLUGIN)
+    if not isinstance(run, VmRun) or not run.summary:
+        return
+    s = run.summary
+    tr = terminalreporter
+    tr.section("ebpfseccomp VM summary")
+    guest = s.get("guest", {})
+    tr.write_line(f"kernel {guest.get('kernel', '?')} ({Path(str(s.get('kernel', '?'))).name}), "
+                  f"{guest.get('cpus', '?')} cpus, clocksource {guest.get('clocksource', '?')}")
+    if "pytest" in s:
+        counts = {k: v for k, v in s["pytest"].items() if k != "status"}
+        tr.write_line("guest tests: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    for binary, st in sorted(s.get("selftests", {}).items()):
+        tr.write_line(f"selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
+                      f"{st.get('skip', 0)} skip; vs baseline: regressions "
+                      f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}")
+    tr.write_line(f"time: boot {s.get('boot_seconds')} s, guest run {s.get('seconds')} s; "
+                  f"host session {time.monotonic() - _SESSION_START:.0f} s")
+    junit = config.getoption("xmlpath", default=None)
+    if junit:
+        tr.write_line(f"JUnit XML (host, guest and selftest cases): {junit}")
+
+
+_SESSION_START = time.monotonic()

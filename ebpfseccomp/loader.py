@@ -471,7 +471,7 @@ def load(
             raise UsageError(f"--map {name}: the object has no map {name!r}",
                              path=spath, hint=f"maps: {', '.join(obj.maps) or 'none'}")
         if spec.is_global:
-            _patch_global(name, spec.initial or bytes(spec.value_size), content)
+            patch_global(name, spec.initial or bytes(spec.value_size), content)
             continue
         for k, v in content.items():  # bad keys and values stop us before bpf(2)
             encode(k, spec.key_size, what=f"key of map '{name}'")
@@ -621,7 +621,7 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                         raise UsageError(f"--map {mname}: libbpf finds no such map", path=path)
                     initial = _sys.map_initial_value(m)
                     if spec is not None and spec.is_global and initial is not None:
-                        _sys.map_set_initial_value(m, _patch_global(mname, initial, content))
+                        _sys.map_set_initial_value(m, patch_global(mname, initial, content))
                     else:
                         post.append((mname, content))
                 try:
@@ -712,7 +712,7 @@ def _apply_map_init(prog: Program, specs: Mapping[str, object], path: str) -> No
             target.update(data[off:off + target.key_size], data[off + target.key_size:off + step])
 
 
-def _patch_global(name: str, initial: bytes, content: Mapping[KeyLike, ValueLike]) -> bytes:
+def patch_global(name: str, initial: bytes, content: Mapping[KeyLike, ValueLike]) -> bytes:
     """Global sections are one-entry arrays: key 0 (or an "offset" int) -> bytes."""
     data = bytearray(initial)
     for k, v in content.items():

@@ -117,10 +117,10 @@ def test_parse_map_assignments() -> None:
 
 
 def test_patch_global() -> None:
-    assert loader._patch_global(".data", b"\0" * 8, {"4": "7"}) == b"\0\0\0\0\x07\0\0\0"
-    assert loader._patch_global(".data", b"\0" * 4, {0: "hex:0102"}) == b"\x01\x02\0\0"
+    assert loader.patch_global(".data", b"\0" * 8, {"4": "7"}) == b"\0\0\0\0\x07\0\0\0"
+    assert loader.patch_global(".data", b"\0" * 4, {0: "hex:0102"}) == b"\x01\x02\0\0"
     with pytest.raises(UsageError, match="outside"):
-        loader._patch_global(".data", b"\0" * 4, {"2": "hex:010203"})
+        loader.patch_global(".data", b"\0" * 4, {"2": "hex:010203"})
 
 
 # --- the raw syscall layer ------------------------------------------------------------------

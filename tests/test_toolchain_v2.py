@@ -220,3 +220,18 @@ def test_check_warns_about_the_arg_width_trap_and_names_what_raised_the_tier(
     assert cli.main(["check", obj]) == 0
     text = capsys.readouterr().out
     assert "warning: insn" in text and "first used by insn" in text and "trap.c:9" in text
+
+
+def test_one_map_syntax_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """emulate takes --map as load and run do: syscall names, str:, hex:,
+    global offsets."""
+    src = REPO / "bpf" / "examples" / "allowlist_hashmap.c"
+    obj = str(build(src, out=tmp_path / "h.o"))
+    # a syscall name as the key, an action as the value
+    assert cli.main(["emulate", obj, "--syscall", "reboot", "--map",
+                     "allowed:reboot=0x7fff0000", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "ALLOW"
+    assert cli.main(["emulate", obj, "--syscall", "reboot", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["verdict"] == "ERRNO(1)"
+    assert cli.main(["emulate", obj, "--syscall", "reboot", "--map", "allowed:nosuch=1"]) == 2
+    assert "neither a number, a syscall name" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from ..contract import ACTIONS_WITH_DATA, AUDIT_ARCH, MAX_ERRNO, Action, Verdict
 from ..elf import load_object
 from ..emulate import Emulator, Environment, Result, SyscallInput
 from ..errors import EbpfSeccompError, UsageError
+from ..loader import encode, group_assignments, patch_global
 from ..syscalls import ARCHES
 from ..syscalls import name as name_of
 
@@ -34,8 +35,11 @@ examples:
 VALUE: decimal, 0x hex (0o, 0b too), negative numbers as 64-bit two's
 complement.  --mem stores STRING NUL-terminated at ADDR in the caller's
 memory (what probe_read_user_str reads); hex:0011ff stores raw bytes.
---map sets an entry before the first call: KEY and VALUE are integers
-(little-endian, sized to the map's key and value) or hex:BYTES.
+--map NAME:KEY=VALUE sets an entry before the first call, with the syntax of
+`load` and `run`: KEY and VALUE are numbers (42, 0x2a, -1; little-endian,
+sized to the map), syscall names (openat: its number on --arch), hex:BYTES
+or str:TEXT (NUL-padded); for a global section (.data, .rodata, .bss) KEY is
+the byte offset, e.g. --map .rodata:0=5.
 
 --trace FILE.jsonl: one JSON object per line, e.g.
   {"syscall": "openat", "args": [0, 4096, 64], "arch": "x86_64", "pid": 10,
@@ -102,30 +106,6 @@ def parse_mem(text: str) -> tuple[int, bytes]:
     if not sep:
         raise UsageError(f"bad --mem {text!r}: expected ADDR=STRING")
     return parse_value(addr, "--mem address"), mem_bytes(value, "--mem value")
-
-
-def parse_map(text: str) -> tuple[str, str, str]:
-    name, sep, rest = text.partition(":")
-    key, sep2, value = rest.partition("=")
-    if not (sep and sep2 and name and key and value):
-        raise UsageError(f"bad --map {text!r}: expected NAME:KEY=VALUE")
-    return name, key, value
-
-
-def map_field(text: str, size: int, what: str) -> bytes:
-    if text.startswith("hex:"):
-        data = parse_bytes(text, what)
-        if len(data) != size:
-            raise UsageError(f"{what} {text!r} is {len(data)} bytes, the map needs {size}")
-        return data
-    try:
-        value = int(text.strip(), 0)
-    except ValueError:
-        raise UsageError(f"bad {what} {text!r}: expected an integer or hex:BYTES") from None
-    bits = 8 * size
-    if not -(1 << (bits - 1)) <= value < (1 << bits):
-        raise UsageError(f"{what} {text!r} does not fit in the map's {size} bytes")
-    return (value & ((1 << bits) - 1)).to_bytes(size, "little")
 
 
 def resolve_arch(text: str) -> str | int:
@@ -269,18 +249,27 @@ def run(args: argparse.Namespace) -> int:
         call_args[i] = value
     ip = parse_value(args.ip, "--ip")
     env = _env(args)
-    map_sets = [parse_map(m) for m in args.map]
+    # one --map syntax and one parser for emulate, load and run (loader.py)
+    map_sets = group_assignments(args.map)
+    names_arch = arch if isinstance(arch, str) and arch in ARCHES else None
 
     obj = load_object(args.obj)
     emu = Emulator(obj, args.program, env)
-    for name, key, value in map_sets:
+    for name, content in map_sets.items():
         m = emu.maps.get(name)
         if m is None:
             raise UsageError(
                 f"--map {name}: the program has no map {name!r} "
                 f"(maps: {', '.join(emu.maps) or 'none'})"
             )
-        m.update(map_field(key, m.key_size, "key"), map_field(value, m.value_size, "value"))
+        if m.is_global:
+            current = m.lookup(0) or bytes(m.value_size)
+            m.update(0, patch_global(name, current, content))
+            continue
+        for key, value in content.items():
+            m.update(encode(key, m.key_size, what=f"key of map '{name}'", arch=names_arch),
+                     encode(value, m.value_size, what=f"value of map '{name}'",
+                            arch=names_arch))
 
     if args.trace is None:
         inp = SyscallInput(resolve_syscall(args.syscall, arch), arch, tuple(call_args), ip)

@@ -235,3 +235,12 @@ def test_one_map_syntax_everywhere(tmp_path: Path, capsys: pytest.CaptureFixture
     assert json.loads(capsys.readouterr().out)["verdict"] == "ERRNO(1)"
     assert cli.main(["emulate", obj, "--syscall", "reboot", "--map", "allowed:nosuch=1"]) == 2
     assert "neither a number, a syscall name" in capsys.readouterr().err
+
+
+def test_dump_maps_after_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    obj = str(build(REPO / "bpf" / "examples" / "rate_limit.c", out=tmp_path / "r.o"))
+    trace = _trace(tmp_path, [{"syscall": "getpid"}, {"syscall": "getpid"}, {"syscall": "read"}])
+    assert cli.main(["emulate", obj, "--trace", trace, "--dump-maps", "--json"]) == 0
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    calls = {e["key"]: e["value"] for e in last["maps"]["calls"]["entries"]}
+    assert calls == {39: 2, 0: 1}

@@ -181,6 +181,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--budget", metavar="N", help="instructions per call before giving up")
     p.add_argument("--trace", metavar="FILE.jsonl",
                    help="run a sequence of calls, one JSON object per line")
+    p.add_argument("--dump-maps", action="store_true",
+                   help="after the run, print every map's entries (arrays: the non-zero ones)")
     p.add_argument("--check", action="store_true",
                    help="with --trace: exit 1 at the first line whose \"expect\" differs")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
@@ -275,9 +277,14 @@ def run(args: argparse.Namespace) -> int:
         inp = SyscallInput(resolve_syscall(args.syscall, arch), arch, tuple(call_args), ip)
         res = emu.run(inp)
         if args.json:
-            print(json.dumps(result_json(inp, res)))
+            out = result_json(inp, res)
+            if args.dump_maps:
+                out["maps"] = dump_maps(emu)
+            print(json.dumps(out))
         else:
             print(res.verdict)
+            if args.dump_maps:
+                print_maps(dump_maps(emu))
         return 0
 
     if args.check and args.trace is None:
@@ -304,8 +311,51 @@ def run(args: argparse.Namespace) -> int:
             print(f"ebpfseccomp emulate: {args.trace}:{lineno}: expected {expect}, the filter "
                   f"answered {res.verdict}", file=sys.stderr)
             return 1
+    if args.dump_maps:
+        maps = dump_maps(emu)
+        if args.json:
+            print(json.dumps({"maps": maps}))
+        else:
+            print_maps(maps)
     sys.stdout.flush()
     return status
+
+
+def _number(raw: bytes) -> int | str:
+    """A key or value: an integer if it is 1, 2, 4 or 8 bytes, else hex."""
+    if len(raw) in (1, 2, 4, 8):
+        return int.from_bytes(raw, "little")
+    return "hex:" + raw.hex()
+
+
+def dump_maps(emu: Emulator) -> dict[str, Any]:
+    """Every map's entries after the run; arrays list only non-zero values.
+    Globals are shown as their section's bytes."""
+    out: dict[str, Any] = {}
+    for name, m in emu.maps.items():
+        if name.startswith(".rodata.init."):
+            continue
+        if m.is_global:
+            raw = m.lookup(0) or b""
+            out[name] = {"bytes": raw.hex()}
+            continue
+        entries = []
+        for k, v in m.items():
+            if m.__class__.__name__.startswith("Array") and not any(v):
+                continue
+            entries.append({"key": _number(k), "value": _number(v)})
+        out[name] = {"entries": entries}
+    return out
+
+
+def print_maps(maps: dict[str, Any]) -> None:
+    for name, data in maps.items():
+        if "bytes" in data:
+            print(f"{name}: {data['bytes'] or '(empty)'}")
+            continue
+        print(f"{name}: {len(data['entries'])} entr{'y' if len(data['entries']) == 1 else 'ies'}")
+        for e in data["entries"]:
+            print(f"  {e['key']} -> {e['value']}")
 
 
 def parse_expect(text: str) -> str:

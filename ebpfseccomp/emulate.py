@@ -166,6 +166,8 @@ class Result:
     insns_executed: int
     helper_calls: list[HelperCall]
     r0: int = 0  # the full 64-bit R0 at exit
+    #: with Emulator(trace_insns=True): (insn index, {register: new value})
+    steps: list[tuple[int, dict[int, int]]] = field(default_factory=list)
 
 
 # --- translation of a program into Python ----------------------------------------
@@ -292,7 +294,9 @@ class _Translator:
     """Turns a program's instructions into one Python function per basic block."""
 
     def __init__(self, prog: Any, map_addr: Callable[[str], int],
-                 global_addr: Callable[[str, int], int], describe: Callable[[int], str]):
+                 global_addr: Callable[[str, int], int], describe: Callable[[int], str],
+                 step: bool = False):
+        self.step = step  # one block per instruction (single-stepping)
         self.prog = prog
         self.insns: list[I.Insn] = list(prog.insns)
         self.relocs = {r.insn: r for r in getattr(prog, "relocs", ())}
@@ -350,6 +354,8 @@ class _Translator:
 
     def leaders(self) -> list[int]:
         n = len(self.insns)
+        if self.step:
+            return [i for i in range(n) if not self.second_slot[i]]
         lead = {0}
         for i, ins in enumerate(self.insns):
             if self.second_slot[i]:
@@ -682,7 +688,12 @@ HELPER_IMPLS: dict[int, str] = {
 class Emulator:
     """Runs one program of OBJ; `maps` holds its state across runs."""
 
-    def __init__(self, obj: Any, program: str | None = None, env: Environment | None = None):
+    def __init__(self, obj: Any, program: str | None = None, env: Environment | None = None,
+                 *, trace_insns: bool = False):
+        """TRACE_INSNS: run one instruction at a time and record, in each
+        Result.steps, the instruction index and the registers it changed
+        (slower; for `emulate --trace-insns`)."""
+        self.trace_insns = trace_insns
         self.obj = obj
         self.prog = obj.program(program)
         self.env = env if env is not None else Environment()
@@ -755,6 +766,8 @@ class Emulator:
         budget = self.budget
         pc = 0
         n = 0
+        steps: list[tuple[int, dict[int, int]]] = []
+        trace = self.trace_insns
         while pc >= 0:
             n += lens[pc]
             if n > budget:
@@ -762,9 +775,15 @@ class Emulator:
                     f"instruction budget of {budget} exhausted at insn {pc}{self._describe(pc)} "
                     "(an endless loop?)"
                 )
+            if trace:
+                before = list(R)
+                at = pc
+                pc = funcs[pc](R)  # type: ignore[misc]
+                steps.append((at, {r: R[r] for r in range(11) if R[r] != before[r]}))
+                continue
             pc = funcs[pc](R)  # type: ignore[misc]
         r0 = R[0]
-        return Result(Verdict(r0 & M32), n, calls, r0)
+        return Result(Verdict(r0 & M32), n, calls, r0, steps)
 
     def _ids(self) -> tuple[int, int, int, int]:
         """(pid, tgid, uid, gid) of the current call."""
@@ -815,7 +834,8 @@ class Emulator:
 
     def _compile(self) -> None:
         ns: dict[str, Any] = {"__builtins__": {}}
-        tr = _Translator(self.prog, self._map_handle, self._global_addr, self._describe)
+        tr = _Translator(self.prog, self._map_handle, self._global_addr, self._describe,
+                         step=self.trace_insns)
         ns.update(self._runtime(tr.errors))
         t = tr.translate(ns)
         self._funcs = t.funcs

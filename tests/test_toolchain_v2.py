@@ -244,3 +244,18 @@ def test_dump_maps_after_a_trace(tmp_path: Path, capsys: pytest.CaptureFixture[s
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     calls = {e["key"]: e["value"] for e in last["maps"]["calls"]["entries"]}
     assert calls == {39: 2, 0: 1}
+
+
+def test_trace_insns_single_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Like seccomp-tools emu: every instruction executed, the registers it set;
+    and the verdict is the same as without tracing."""
+    obj = str(build(EXAMPLE, out=tmp_path / "a.o"))
+    assert cli.main(["emulate", obj, "--syscall", "getpid", "--trace-insns", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["verdict"] == "ALLOW"
+    steps = out["steps"]
+    assert steps[0]["insn"] == 0 and steps[-1]["insn"] == len(steps) and "r0" in steps[0]["regs"]
+    assert any(s["regs"].get("r1") == 39 for s in steps)  # nr loaded
+    assert cli.main(["emulate", obj, "--syscall", "getpid", "--trace-insns"]) == 0
+    text = capsys.readouterr().out
+    assert "; AUDIT_ARCH_X86_64" in text and "r2=0xc000003e" in text and text.endswith("ALLOW\n")

@@ -181,6 +181,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--budget", metavar="N", help="instructions per call before giving up")
     p.add_argument("--trace", metavar="FILE.jsonl",
                    help="run a sequence of calls, one JSON object per line")
+    p.add_argument("--trace-insns", action="store_true",
+                   help="print every instruction executed and the registers it changed")
     p.add_argument("--dump-maps", action="store_true",
                    help="after the run, print every map's entries (arrays: the non-zero ones)")
     p.add_argument("--check", action="store_true",
@@ -256,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
     names_arch = arch if isinstance(arch, str) and arch in ARCHES else None
 
     obj = load_object(args.obj)
-    emu = Emulator(obj, args.program, env)
+    emu = Emulator(obj, args.program, env, trace_insns=args.trace_insns)
     for name, content in map_sets.items():
         m = emu.maps.get(name)
         if m is None:
@@ -280,8 +282,13 @@ def run(args: argparse.Namespace) -> int:
             out = result_json(inp, res)
             if args.dump_maps:
                 out["maps"] = dump_maps(emu)
+            if args.trace_insns:
+                out["steps"] = [{"insn": i, "regs": {f"r{r}": v for r, v in ch.items()}}
+                                for i, ch in res.steps]
             print(json.dumps(out))
         else:
+            if args.trace_insns:
+                print_steps(emu, res)
             print(res.verdict)
             if args.dump_maps:
                 print_maps(dump_maps(emu))
@@ -346,6 +353,19 @@ def dump_maps(emu: Emulator) -> dict[str, Any]:
             entries.append({"key": _number(k), "value": _number(v)})
         out[name] = {"entries": entries}
     return out
+
+
+def print_steps(emu: Emulator, res: Result) -> None:
+    """seccomp-tools emu style: each instruction as disasm shows it, and what it set."""
+    from ..inspect import _Disassembler
+
+    dis = _Disassembler(emu.obj, emu.prog)
+    insns = emu.prog.insns
+    width = len(str(len(insns)))
+    for i, changed in res.steps:
+        text = dis.text(i, insns[i])
+        regs = "  ".join(f"r{r}={v:#x}" for r, v in changed.items())
+        print(f"{i:>{width}}: {text:<48} {('; ' + regs) if regs else ''}".rstrip())
 
 
 def print_maps(maps: dict[str, Any]) -> None:

@@ -259,3 +259,16 @@ def test_trace_insns_single_steps(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert cli.main(["emulate", obj, "--syscall", "getpid", "--trace-insns"]) == 0
     text = capsys.readouterr().out
     assert "; AUDIT_ARCH_X86_64" in text and "r2=0xc000003e" in text and text.endswith("ALLOW\n")
+
+
+def test_check_covers_every_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "two.c"
+    src.write_text('#include <ebpfseccomp/filter.h>\n'
+                   'SEC("seccomp/a") int a(struct seccomp_data *c) { return SECCOMP_ALLOW; }\n'
+                   'SEC("seccomp/b") int b(struct seccomp_data *c) '
+                   '{ return SECCOMP_ERRNO(EPERM); }\nSECCOMP_LICENSE("GPL");\n')
+    obj = str(build(src))
+    assert cli.main(["check", obj, "--json"]) == 0
+    assert [r["program"] for r in json.loads(capsys.readouterr().out)] == ["a", "b"]
+    assert cli.main(["check", obj, "--program", "b", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["program"] == "b"

@@ -36,7 +36,8 @@ unreadable object, 2 usage error.
 examples:
   ebpfseccomp check filter.o
   ebpfseccomp check filter.o --unprivileged      as a loader without CAP_BPF
-  ebpfseccomp check multi.o --program deny_net   objects with several programs
+  ebpfseccomp check multi.o                      every program of the object
+  ebpfseccomp check multi.o --program deny_net   just one of them
   ebpfseccomp check filter.o --json | jq .tier
 """
 
@@ -118,9 +119,12 @@ def format_report(report: Report) -> str:
 
 def run(args: argparse.Namespace) -> int:
     obj = load_object(args.object)
-    report = check(obj, args.program, unprivileged=args.unprivileged)
+    names = [args.program] if args.program or len(obj.programs) < 2 else \
+        [p.name for p in obj.programs]  # several programs: check them all
+    reports = [check(obj, name, unprivileged=args.unprivileged) for name in names]
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        data = [r.to_dict() for r in reports]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
-        print(format_report(report))
-    return 0 if report.loadable else 1
+        print("\n\n".join(format_report(r) for r in reports))
+    return 0 if all(r.loadable for r in reports) else 1

@@ -272,3 +272,14 @@ def test_check_covers_every_program(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert [r["program"] for r in json.loads(capsys.readouterr().out)] == ["a", "b"]
     assert cli.main(["check", obj, "--program", "b", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["program"] == "b"
+
+
+def test_emulate_runs_every_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "two.c"
+    src.write_text('#include <ebpfseccomp/filter.h>\n'
+                   'SEC("seccomp/a") int a(struct seccomp_data *c) { return SECCOMP_ALLOW; }\n'
+                   'SEC("seccomp/b") int b(struct seccomp_data *c) '
+                   '{ return SECCOMP_ERRNO(EPERM); }\nSECCOMP_LICENSE("GPL");\n')
+    obj = str(build(src))
+    assert cli.main(["emulate", obj, "--syscall", "getpid"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["a: ALLOW", "b: ERRNO(1)"]

@@ -258,6 +258,8 @@ def run(args: argparse.Namespace) -> int:
     names_arch = arch if isinstance(arch, str) and arch in ARCHES else None
 
     obj = load_object(args.obj)
+    if args.program is None and len(obj.programs) > 1 and args.trace is None and not args.map:
+        return _run_each_program(args, obj, env, arch, call_args, ip)
     emu = Emulator(obj, args.program, env, trace_insns=args.trace_insns)
     for name, content in map_sets.items():
         m = emu.maps.get(name)
@@ -326,6 +328,22 @@ def run(args: argparse.Namespace) -> int:
             print_maps(maps)
     sys.stdout.flush()
     return status
+
+
+def _run_each_program(args: argparse.Namespace, obj: Any, env: Environment,
+                      arch: str | int, call_args: list[int], ip: int) -> int:
+    """An object with several programs and no --program: the call through each."""
+    inp = SyscallInput(resolve_syscall(args.syscall, arch), arch, tuple(call_args), ip)
+    results = []
+    for prog in obj.programs:
+        res = Emulator(obj, prog.name, env).run(inp)
+        results.append({"program": prog.name, **result_json(inp, res)})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{r['program']}: {r['verdict']}")
+    return 0
 
 
 def _number(raw: bytes) -> int | str:

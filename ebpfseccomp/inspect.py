@@ -1256,11 +1256,40 @@ class _Checker:
             }
         return out
 
+    @staticmethod
+    def _regs_read(ins: Insn) -> list[int]:
+        """The registers instruction INS reads (helper arguments aside)."""
+        cls = ins.cls
+        if cls in (BPF_ALU, BPF_ALU64):
+            regs = [] if ins.op == BPF_MOV else [ins.dst]
+            if ins.source == BPF_X and ins.op not in (BPF_NEG, BPF_END):
+                regs.append(ins.src)
+            return regs
+        if cls == BPF_LDX:
+            return [ins.src]
+        if cls == BPF_ST:
+            return [ins.dst]
+        if cls == BPF_STX:
+            return [ins.dst, ins.src] + ([0] if ins.mode == BPF_ATOMIC and
+                                         ins.imm == BPF_CMPXCHG else [])
+        if _is_cond_jump(ins) and ins.op != BPF_JCOND:
+            return [ins.dst] + ([ins.src] if ins.source == BPF_X else [])
+        return []
+
     def check_accesses(self) -> None:
         for i in sorted(self.states):
             st = self.states[i]
             ins = self.insns[i]
             cls = ins.cls
+            for r in self._regs_read(ins):
+                if ("uninit",) in st.reg(r) and 0 <= r < 10:
+                    self.problem(
+                        i,
+                        "uninit-reg",
+                        f"R{r} !read_ok: the register may be read before it is written "
+                        f"(helper calls leave R1-R5 unset)",
+                        f"set R{r} first on every path",
+                    )
             if cls == BPF_LDX:
                 self._check_mem(i, ins, st.reg(ins.src), ins.src, write=False)
             elif cls in (BPF_ST, BPF_STX):

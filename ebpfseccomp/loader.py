@@ -517,7 +517,7 @@ def _predicted_refusal(prediction: Prediction, name: str, path: str) -> Privileg
 #: What the kernel's unprivileged verifier rules refuse that CAP_PERFMON would
 #: allow; below the TRACING tier a seccomp program gets those rules whatever
 #: the loader's capabilities (kernel-patches 0005).
-PERFMON_ONLY_CODES = frozenset({"uninit-stack", "ptr-leak"})
+PERFMON_ONLY_CODES = frozenset({"uninit-stack", "ptr-leak", "ptr-return", "ptr-compare"})
 
 
 def _static_check(obj: object, prog: object, path: str, creds: Credentials,

@@ -62,8 +62,8 @@ def hand_made() -> bytes:
     b.add_data(".rodata", b"12345678", {"c": 4}, readonly=True)
     b.add_program(
         "filt",
-        flatten(ldx(BPF_W, 2, 1, 0), ld_imm64(1, 0), ld_imm64(3, 0), ld_imm64(4, 0),
-                call(1), call_rel(-1), ldx(BPF_DW, 0, 4, 0), ret(ALLOW)),
+        flatten(ldx(BPF_W, 2, 1, 0), ld_imm64(1, 0), ld_imm64(3, 0), ld_imm64(6, 0),
+                call(1), call_rel(-1), ldx(BPF_W, 0, 6, 0), ret(ALLOW)),
     )  # fmt: skip
     b.add_reloc("seccomp", 1, "m")
     b.add_reloc("seccomp", 3, "g")

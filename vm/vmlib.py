@@ -567,3 +567,29 @@ def compare_to_baseline(
 
 def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+#: Console lines that mean the kernel found a bug in itself: sanitizers,
+#: lockdep, BUG/WARN/oops, kmemleak.  A run that prints one fails.
+KERNEL_FINDING = re.compile(
+    r"(BUG: |WARNING: |KASAN: |UBSAN: |kernel BUG at |Oops|general protection fault|"
+    r"possible circular locking|possible recursive locking|inconsistent lock state|"
+    r"suspicious RCU usage|unreferenced object 0x|Kernel panic)"
+)
+
+
+def kernel_findings(console_log: Path, context: int = 12) -> list[str]:
+    """The console's report blocks (a matching line and the lines after it)."""
+    try:
+        text = Path(console_log).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if KERNEL_FINDING.search(text[i]):
+            out += text[i : i + context]
+            i += context
+        else:
+            i += 1
+    return out

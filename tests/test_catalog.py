@@ -163,7 +163,9 @@ def test_principals() -> None:
 
 
 def test_settings(tmp_path: Path) -> None:
-    assert load_settings(tmp_path).max_clients == 1024
+    default = load_settings(tmp_path)
+    assert default.max_clients is None  # sized from RLIMIT_NOFILE by the daemon
+    assert default.submit is False  # submit is off unless enabled
     write(
         tmp_path,
         "ebpfseccompd.conf",

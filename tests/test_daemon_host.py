@@ -71,11 +71,12 @@ class Fake(daemon.Backend):
             problems=["insn 3: R0 !read_ok"] if kv.get(b"loadable") == b"0" else [],
             maps=maps,
         )
-    def predict(self, checked, peer):
+    def predict(self, checked, peer, ptrace_scope):
         tier = Tier[os.environ.get("FAKE_CLIENT_TIER", "extended").upper()]
         ok = checked.tier <= tier
-        return daemon.Decision(ok, tier, [] if ok else
-            ["ptrace_scope is 2 and you lack CAP_SYS_PTRACE"], tier >= Tier.PTRACE)
+        return daemon.Prediction(ok, tier, [] if ok else
+            ["ptrace_scope is 2 and you lack CAP_SYS_PTRACE"],
+            reads_any_task=tier >= Tier.PTRACE)
     def load(self, path, program, maps, caps):
         if b"kernel=refuse" in Path(path).read_bytes():
             raise KernelError("bpf(BPF_PROG_LOAD): Invalid argument")
@@ -114,6 +115,11 @@ def entry(catalog: Path, name: str, obj: Path, **extra: Any) -> Path:
     f = catalog / f"{name}.toml"
     f.write_text("\n".join(lines) + "\n")
     return f
+
+
+def enable_submit(catalog: Path, extra: str = "") -> None:
+    """submit is off unless ebpfseccompd.conf enables it."""
+    (catalog / "ebpfseccompd.conf").write_text(extra + "[submit]\nenabled = true\n")
 
 
 class Daemon:
@@ -321,6 +327,7 @@ def test_map_preload_encoded(start: Any, catalog: Path, tmp_path: Path) -> None:
 
 def test_malformed_requests_get_errors(start: Any, catalog: Path, tmp_path: Path) -> None:
     entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    enable_submit(catalog)
     d = start()
     s = d.raw()
     cases: list[tuple[Any, str]] = [
@@ -506,6 +513,7 @@ def test_many_concurrent_clients_and_fds(start: Any, catalog: Path, tmp_path: Pa
 
 
 def test_submit_within_and_beyond_tier(start: Any, catalog: Path, tmp_path: Path) -> None:
+    enable_submit(catalog)
     d = start("--audit-log", str(tmp_path / "audit"), env={"FAKE_CLIENT_TIER": "extended"})
     with d.client() as c:
         fd, meta = c.submit(b"FAKE tier=extended", name="mine")
@@ -537,6 +545,33 @@ def test_submit_disabled_by_settings(start: Any, catalog: Path, tmp_path: Path) 
         with pytest.raises(DaemonError) as ei:
             c.submit(b"FAKE tier=none")
         assert ei.value.code == "forbidden"
+
+
+def test_submit_off_by_default(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """No ebpfseccompd.conf, or one without [submit]: submit is refused and
+    nothing is loaded; list says so; the message names the setting."""
+    d = start("--audit-log", str(tmp_path / "audit"))
+    with d.client() as c:
+        assert c.list() == []
+        raw = d.raw()
+        send_frame(raw, {"v": 1, "id": 1, "op": "list"})
+        assert recv_reply(raw)["submit"] is False  # type: ignore[index]
+        raw.close()
+        with pytest.raises(DaemonError) as ei:
+            c.submit(b"FAKE tier=none")
+        assert ei.value.code == "forbidden"
+        assert "[submit] enabled = true" in ei.value.message
+    assert not d.loads.exists()  # nothing was loaded
+    rec = json.loads((tmp_path / "audit").read_text().splitlines()[-1])
+    assert rec["op"] == "submit" and rec["granted"] is False
+
+
+def test_submit_restricted_to_users(start: Any, catalog: Path, tmp_path: Path) -> None:
+    (catalog / "ebpfseccompd.conf").write_text("[submit]\nenabled = true\nusers = [4242]\n")
+    d = start()
+    with d.client() as c, pytest.raises(DaemonError) as ei:
+        c.submit(b"FAKE tier=none")
+    assert ei.value.code == "forbidden" and f"uid {os.getuid()}" in ei.value.message
 
 
 # --- operations -----------------------------------------------------------------

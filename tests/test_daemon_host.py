@@ -1232,3 +1232,31 @@ def test_accept_emfile_backs_off(start: Any, catalog: Path, tmp_path: Path) -> N
     assert first.stats()["counters"]["accept_errors"] >= 1
     first.close()
     assert d.proc.poll() is None
+
+
+def test_fds_read_by_idle_clients_free_the_budget(
+    start: Any, catalog: Path, tmp_path: Path
+) -> None:
+    """The fd budget counts fds sent and not yet read; clients that read
+    theirs and then stay connected and idle must not hold it: with a small
+    fd limit (budget about 45 fds), 20 idle clients that each took 10 fds,
+    and new clients are still served at once."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start(nofile=256)
+    idle = []
+    for _ in range(20):
+        c = d.client()
+        for _ in range(10):
+            fd, _meta = c.get("alpha")
+            os.close(fd)
+        idle.append(c)
+    t0 = time.monotonic()
+    with d.client() as c:
+        for _ in range(50):
+            fd, _meta = c.get("alpha")
+            os.close(fd)
+    assert time.monotonic() - t0 < 5
+    for c in idle:  # and the idle ones, later, too
+        fd, _meta = c.get("alpha")
+        os.close(fd)
+        c.close()

@@ -80,6 +80,8 @@ DEFAULT_MAX_CLIENTS = 16384
 SWEEP_INTERVAL = 0.25
 #: How often a client waiting to read its fds (or for the fd budget) is re-checked.
 POLL_INTERVAL = 0.01
+#: How often, while the fd budget is spent, every client holding fds is re-checked.
+RECLAIM_INTERVAL = 0.05
 SIOCOUTQ = termios.TIOCOUTQ
 
 
@@ -187,6 +189,7 @@ class Daemon:
         self.owns_socket_path = False
         self.conns: dict[int, Conn] = {}
         self.pending: dict[int, Conn] = {}  # complete requests buffered, not yet handled
+        self.unread: dict[int, Conn] = {}  # clients sent fds they may not have read yet
         self.workdir = Path(tempfile.mkdtemp(prefix="ebpfseccompd-"))
         self.counters: Counter[str] = Counter()
         self.service = Service(
@@ -203,6 +206,7 @@ class Daemon:
         self._accept_paused_until: float | None = None
         self._accept_backoff = 0.05
         self._next_sweep = 0.0
+        self._last_reclaim_all = 0.0
         self._shut = False
         self._accept_log = RateLimitedLog(log, "accept", interval=10.0, burst=1)
         self._client_log = RateLimitedLog(log, "client errors", interval=10.0, burst=3)
@@ -495,6 +499,8 @@ class Daemon:
             self._close(conn)
             return
         conn.last_active = time.monotonic()
+        if conn.unread_fds:  # a client that asks again has usually read the last reply
+            self._reclaim(conn)
         try:
             conn.parser.feed(data)
         except protocol.ProtocolError as exc:
@@ -511,20 +517,35 @@ class Daemon:
             return False
         own = len(conn.out) < MAX_QUEUED_REPLIES and conn.out_bytes < MAX_PENDING_OUT
         if own and conn.held_fds >= MAX_CLIENT_FDS:
-            if probe and conn.unread_fds and _unread_bytes(conn.sock) == 0:
-                self.held_fds -= conn.unread_fds
-                conn.unread_fds = 0
+            if probe:
+                self._reclaim(conn)
             own = conn.held_fds < MAX_CLIENT_FDS
         if not own:
             if conn.blocked_since is None:
                 conn.blocked_since = time.monotonic()
             return False
         conn.blocked_since = None
-        if self.held_fds >= self.limits.reply_fds and probe and conn.unread_fds:
-            if _unread_bytes(conn.sock) == 0:
-                self.held_fds -= conn.unread_fds
-                conn.unread_fds = 0
+        if self.held_fds >= self.limits.reply_fds and probe:
+            self._reclaim_all()
         return self.held_fds < self.limits.reply_fds
+
+    def _reclaim(self, conn: Conn) -> None:
+        """Stop counting the fds CONN was sent once it has read everything."""
+        if conn.unread_fds and _unread_bytes(conn.sock) == 0:
+            self.held_fds -= conn.unread_fds
+            conn.unread_fds = 0
+            self.unread.pop(conn.fd, None)
+
+    def _reclaim_all(self) -> None:
+        """The fd budget is spent: find the clients that have read their fds
+        since (at most every RECLAIM_INTERVAL; one ioctl per client holding
+        fds, and there are at most as many as the budget)."""
+        now = time.monotonic()
+        if now - self._last_reclaim_all < RECLAIM_INTERVAL:
+            return
+        self._last_reclaim_all = now
+        for conn in list(self.unread.values()):
+            self._reclaim(conn)
 
     def _work(self, conn: Conn) -> None:
         """Handle CONN's buffered requests, up to its turn and its limits."""
@@ -610,6 +631,7 @@ class Daemon:
                     item.fds = []
                     conn.out_fds -= k
                     conn.unread_fds += k  # still held: in the socket until the client reads
+                    self.unread[conn.fd] = conn
                 else:
                     n = conn.sock.send(memoryview(item.data)[item.off :])
             except (BlockingIOError, InterruptedError):
@@ -635,6 +657,7 @@ class Daemon:
         if self.conns.pop(conn.fd, None) is None:
             return
         self.pending.pop(conn.fd, None)
+        self.unread.pop(conn.fd, None)
         if conn.events:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self.sel.unregister(conn.sock)

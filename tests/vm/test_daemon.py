@@ -548,8 +548,11 @@ SUBMITTERS: dict[str, tuple[int, tuple[int, ...] | None]] = {
     "root+ptrace": (0, (19,)),
     "root+bpf": (0, (39,)),
     "root+bpf+perfmon": (0, (39, 38)),
-    "root": (0, None),
 }
+#: the objects whose answer depends on the kernel's rules (the host table
+#: test has every object and credential; "big" takes minutes under TCG)
+VM_TABLE_OBJECTS = ("plain", "hashmap", "lru", "lru_percpu", "global", "ktime", "readuser",
+                    "tracing", "calls", "loop")
 
 
 def _as_client(uid: int, keep: tuple[int, ...] | None, fn: Any, *args: Any) -> Any:
@@ -597,7 +600,7 @@ def _submit_and_load_myself(sock: str, path: str, scope: int) -> tuple[str, str,
 
     message = ""
     try:
-        with Client(sock) as c:
+        with Client(sock, timeout=600) as c:  # the checker is slow under TCG
             fd, meta = c.submit(Path(path).read_bytes(), name=Path(path).name)
         link = os.readlink(f"/proc/self/fd/{fd}")
         os.close(fd)
@@ -621,7 +624,7 @@ def submit_objects() -> Iterator[dict[str, Path]]:
     from submit_objects import build_all
 
     d = Path(tempfile.mkdtemp(prefix="daemon-submit-objs-"))
-    objs = build_all(d)
+    objs = build_all(d, list(VM_TABLE_OBJECTS))
     os.chmod(d, 0o755)
     for p in d.iterdir():
         os.chmod(p, 0o644)
@@ -644,7 +647,8 @@ def test_submit_table_daemon_equals_kernel(
     for scope in (1, 2):
         sysctl("kernel.yama.ptrace_scope", scope)
         for who, (uid, keep) in SUBMITTERS.items():
-            for name, path in sorted(submit_objects.items()):
+            for name in VM_TABLE_OBJECTS:
+                path = submit_objects[name]
                 cells += 1
                 got = _as_client(uid, keep, _submit_and_load_myself, d.socket, str(path), scope)
                 daemon_answer, kernel, predicted, message = got

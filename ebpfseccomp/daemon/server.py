@@ -321,7 +321,11 @@ class Daemon:
             while self.running:
                 for key, mask in self.sel.select(self._timeout()):
                     if key.data == _LISTEN:
-                        self._accept()
+                        try:
+                            self._accept()
+                        except Exception as exc:  # not one client's fault: back off
+                            self._accept_log.exception("accepting a client failed")
+                            self._pause_accept(OSError(str(exc)))
                     elif key.data == _WAKE:
                         with contextlib.suppress(OSError):
                             while key.fileobj.recv(256):  # type: ignore[union-attr]
@@ -334,8 +338,7 @@ class Daemon:
                     break
                 if self._reload_pending:
                     self._reload_pending = False
-                    log.info("SIGHUP: reloading the catalog")
-                    self.service.reload()
+                    self.reload()
                 now = time.monotonic()
                 if self._accept_paused_until is not None and now >= self._accept_paused_until:
                     self._resume_accept()
@@ -347,7 +350,10 @@ class Daemon:
 
     def reload(self) -> None:
         log.info("SIGHUP: reloading the catalog")
-        self.service.reload()
+        try:
+            self.service.reload()
+        except Exception:  # a reload must not stop the service
+            log.exception("reload failed; still serving the catalog as it was")
 
     def _timeout(self) -> float:
         if any(self._may_handle(c, probe=False) for c in self.pending.values()):
@@ -383,23 +389,26 @@ class Daemon:
                 self.pending.pop(conn.fd, None)
 
     def _sweep(self, now: float) -> None:
-        timeout = self.opts.client_timeout
         for conn in list(self.conns.values()):
-            if conn.frame_started is not None and now - conn.frame_started > timeout:
-                self.counters["dropped_timeout"] += 1
-                self._fail(conn, "timeout", f"frame not finished within {timeout:g} s; closing")
-            elif (conn.write_stalled is not None and now - conn.write_stalled > timeout) or (
-                conn.blocked_since is not None and now - conn.blocked_since > timeout
-            ):
-                self.counters["dropped_not_reading"] += 1
-                self._close(conn)
-            elif (
-                not conn.out
-                and conn.fd not in self.pending
-                and now - conn.last_active > self.opts.idle_timeout
-            ):
-                self.counters["dropped_idle"] += 1
-                self._close(conn)
+            self._guarded(conn, self._sweep_one, now)
+
+    def _sweep_one(self, conn: Conn, now: float) -> None:
+        timeout = self.opts.client_timeout
+        if conn.frame_started is not None and now - conn.frame_started > timeout:
+            self.counters["dropped_timeout"] += 1
+            self._fail(conn, "timeout", f"frame not finished within {timeout:g} s; closing")
+        elif (conn.write_stalled is not None and now - conn.write_stalled > timeout) or (
+            conn.blocked_since is not None and now - conn.blocked_since > timeout
+        ):
+            self.counters["dropped_not_reading"] += 1
+            self._close(conn)
+        elif (
+            not conn.out
+            and conn.fd not in self.pending
+            and now - conn.last_active > self.opts.idle_timeout
+        ):
+            self.counters["dropped_idle"] += 1
+            self._close(conn)
 
     # --- accepting ---------------------------------------------------------------
 
@@ -427,7 +436,7 @@ class Daemon:
             try:
                 sock.setblocking(False)
                 peer = identify(sock)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - OSError, or what /proc held
                 self.counters["identify_errors"] += 1
                 self._client_log.warning("could not identify a client: %s", exc)
                 self._refuse_busy(sock, "the daemon could not identify you; retry")
@@ -436,7 +445,7 @@ class Daemon:
             conn = Conn(sock, sock.fileno(), peer, protocol.FrameParser(self.opts.max_frame),
                         now, now)  # fmt: skip
             self.conns[conn.fd] = conn
-            self._set_events(conn)
+            self._guarded(conn, self._set_events)
 
     def _refuse_busy(self, sock: socket.socket, message: str) -> None:
         self.counters["refused_busy"] += 1

@@ -32,6 +32,7 @@ import array
 import contextlib
 import errno
 import fcntl
+import gc
 import grp
 import logging
 import os
@@ -316,6 +317,10 @@ class Daemon:
             self._install_signals()
             self._listen()
             self.running = True
+            # what start-up made lives as long as the daemon: keep it out of
+            # the collector's way, so collections stay short under load
+            gc.collect()
+            gc.freeze()
             if ready:
                 ready()
             while self.running:

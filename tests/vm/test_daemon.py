@@ -632,6 +632,8 @@ def submit_objects() -> Iterator[dict[str, Path]]:
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 80 cells, each a check and two loads, under TCG
 def test_submit_table_daemon_equals_kernel(
     daemon: Any, env: dict[str, Path], submit_objects: dict[str, Path], sysctl: Any
 ) -> None:

@@ -1260,3 +1260,22 @@ def test_fds_read_by_idle_clients_free_the_budget(
         fd, _meta = c.get("alpha")
         os.close(fd)
         c.close()
+
+
+def test_bad_header_behind_good_frames_fails_at_once(
+    start: Any, catalog: Path, tmp_path: Path
+) -> None:
+    """A valid request followed, in the same write, by an oversized header:
+    the request is answered, then frame_too_large, then close (no wait for
+    the client timeout)."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start("--max-frame", "4096")
+    s = d.raw()
+    s.sendall(protocol.encode(protocol.request("list", 1)) + struct.pack(">I", 5000))
+    t0 = time.monotonic()
+    first, second = recv_frames(s, 2, timeout=5)
+    assert first[0]["ok"] and first[0]["id"] == 1
+    assert second[0]["error"]["code"] == "frame_too_large"
+    assert time.monotonic() - t0 < 2
+    assert_closed(s)
+    s.close()

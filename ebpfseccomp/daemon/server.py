@@ -582,6 +582,12 @@ class Daemon:
         if conn.parser.has_frame:
             self.pending[conn.fd] = conn
         else:
+            try:  # a bad header behind the frames just handled fails now, not at the timeout
+                conn.parser.next_frame()
+            except protocol.ProtocolError as exc:
+                self.counters[f"error_{exc.code}"] += 1
+                self._fail(conn, exc.code, exc.message)
+                return
             self.pending.pop(conn.fd, None)
             if conn.parser.in_frame and conn.frame_started is None:
                 conn.frame_started = time.monotonic()

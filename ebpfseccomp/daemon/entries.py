@@ -114,6 +114,7 @@ def prepare(entry: Entry, backend: Backend, workdir: Path, ptrace_scope: int | N
             entry.name,
             entry.tier.name.lower(),
         )
+    checked.obj = checked.prog = None  # only a submission is predicted from them: free them
     maps = encode_maps(entry, checked)
     digest = hashlib.sha256(private.read_bytes()).hexdigest()
     caps = tier_caps(entry.tier, ptrace_scope)

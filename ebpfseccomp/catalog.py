@@ -363,13 +363,13 @@ class DaemonSettings:
     socket_mode: int = 0o660
     socket_group: str | None = None
     max_frame: int | None = None
-    max_clients: int = 1024
+    max_clients: int | None = None  # None: from RLIMIT_NOFILE
     client_timeout: float = 10.0
     idle_timeout: float = 300.0
     audit_log: str | None = None
     drop_privileges: bool = False
     user: str | None = None
-    submit: bool = True
+    submit: bool = False  # off unless [submit] enabled = true
     submit_users: Principals = field(default_factory=lambda: Principals(everyone=True))
 
 

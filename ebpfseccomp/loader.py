@@ -481,11 +481,10 @@ def load(
         _check_bpffs(os.fspath(pin))
     creds = creds or Credentials.current()
     policy = policy or SystemPolicy.current()
-    prediction = predict(needs, creds, policy)
     if check:
-        _static_check(obj, prog, spath, creds, prediction.tier)
-        if not prediction.ok:
-            raise _predicted_refusal(prediction, prog.name, spath)
+        needs, prediction = preflight(obj, prog, spath, creds, policy)
+    else:
+        prediction = predict(needs, creds, policy)
 
     result = _load_with_libbpf(spath, prog, obj, needs, maps or {}, log_level)
     result.prediction = prediction
@@ -499,6 +498,25 @@ def load(
             result.close()
             raise
     return result
+
+
+def preflight(obj: object, prog: object, path: str, creds: Credentials,
+              policy: SystemPolicy) -> tuple[Needs, Prediction]:
+    """Everything load() decides before bpf(2), for a loader with CREDS under POLICY.
+
+    The static check (inspect.check's problems, and the unprivileged
+    verifier's when CREDS lack CAP_BPF), then privilege.predict on
+    Needs.from_program.  Raises ObjectError for an object no loader could
+    load and PrivilegeError (with .prediction) for one beyond CREDS; returns
+    what the object needs and the predicted tier.  The loader daemon judges
+    a client's submitted object with this same function.
+    """
+    needs = Needs.from_program(obj, prog)
+    prediction = predict(needs, creds, policy)
+    _static_check(obj, prog, path, creds, prediction.tier)
+    if not prediction.ok:
+        raise _predicted_refusal(prediction, prog.name, path)  # type: ignore[attr-defined]
+    return needs, prediction
 
 
 #: Checker problem codes that privilege.predict explains itself (with the fix).

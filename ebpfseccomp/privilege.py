@@ -4,7 +4,7 @@ The kernel decides a seccomp program's tier when it is loaded, in the
 loader's context (../shared/DESIGN-NOTES.md, sections 4-6).  This module
 mirrors those rules as a pure function:
 
-    predict(needs_or_report, Credentials, SystemPolicy) -> Prediction
+    predict(Needs.from_program(obj, prog), Credentials, SystemPolicy) -> Prediction
 
 so that the loader can refuse early with a message naming the helper or map
 access, the rule and the privilege or sysctl that would allow it, and so that
@@ -287,55 +287,6 @@ class Needs:
                 needs.globals_.add(name)
         return needs
 
-    @classmethod
-    def from_report(cls, report: object) -> Needs:
-        """From an inspect.Report (helpers, maps, insn counts, calls/loops where it has them)."""
-        if isinstance(report, Needs):
-            return report
-        for attr in ("needs", "requirements"):
-            inner = getattr(report, attr, None)
-            if isinstance(inner, Needs):
-                return inner
-        obj = getattr(report, "obj", None) or getattr(report, "object", None)
-        prog = getattr(report, "program", None)
-        if obj is not None and prog is not None and hasattr(prog, "insns"):
-            return cls.from_program(obj, prog)
-        needs = cls()
-        helpers = getattr(report, "helpers", ()) or ()
-        items = helpers.items() if isinstance(helpers, dict) else ((h, None) for h in helpers)
-        for key, where in items:
-            hid = _helper_id(key)
-            if hid is not None:
-                needs.helpers.setdefault(hid, _use_of(where))
-        maps = getattr(report, "maps", ()) or ()
-        items = maps.items() if isinstance(maps, dict) else ((m, None) for m in maps)
-        for key, spec in items:
-            name = key if isinstance(key, str) else getattr(key, "name", str(key))
-            needs.maps.setdefault(name, _use_of(None))
-            mtype = getattr(spec, "type", None) or getattr(key, "type", None)
-            if isinstance(mtype, int):
-                needs.map_types[name] = mtype
-            if getattr(spec, "is_global", False) or getattr(key, "is_global", False):
-                needs.globals_.add(name)
-        needs.insn_count = int(getattr(report, "insn_count", 0) or getattr(report, "insns", 0)
-                               if not isinstance(getattr(report, "insns", 0), list)
-                               else len(report.insns))  # type: ignore[attr-defined]
-        if getattr(report, "has_calls", False) or getattr(report, "calls", False):
-            needs.calls = Use()
-        if getattr(report, "has_loops", False) or getattr(report, "loops", False):
-            needs.loop = Use()
-        # inspect.Report lists the verifier's CAP_BPF reasons as words
-        for reason in getattr(report, "cap_bpf_reasons", []) or []:
-            text = str(reason).lower()
-            if "subprogram" in text or "bpf-to-bpf" in text:
-                needs.calls = needs.calls or Use()
-            elif "loop" in text or "back-edge" in text:
-                needs.loop = needs.loop or Use()
-        for name in needs.maps:
-            if name.startswith("."):
-                needs.globals_.add(name)
-        return needs
-
     @property
     def tier(self) -> Tier:
         """The lowest tier in which every helper and map access of the object is allowed."""
@@ -345,31 +296,6 @@ class Needs:
             if t is not None and t > tier:
                 tier = t
         return tier
-
-
-def _helper_id(key: object) -> int | None:
-    if isinstance(key, int):
-        return key
-    if isinstance(key, str):
-        return contract.HELPER_IDS.get(key.removeprefix("bpf_"))
-    for attr in ("id", "func_id", "helper"):
-        v = getattr(key, attr, None)
-        if isinstance(v, int):
-            return v
-    name = getattr(key, "name", None)
-    return _helper_id(name) if isinstance(name, str) else None
-
-
-def _use_of(where: object) -> Use:
-    if isinstance(where, Use):
-        return where
-    if isinstance(where, int):
-        return Use(where)
-    if where is None:
-        return Use()
-    insn = getattr(where, "insn", None)
-    line = getattr(where, "line", None) or getattr(where, "source", None)
-    return Use(insn if isinstance(insn, int) else None, str(line) if line else None)
 
 
 # --- the prediction ------------------------------------------------------------------------
@@ -458,14 +384,14 @@ def _and(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def predict(report: object, creds: Credentials, policy: SystemPolicy) -> Prediction:
-    """Predict the kernel's answer to loading REPORT's program as CREDS under POLICY.
+def predict(needs: Needs, creds: Credentials, policy: SystemPolicy) -> Prediction:
+    """Predict the kernel's answer to loading a program that NEEDS this, as CREDS under POLICY.
 
-    REPORT is a Needs, or an inspect.Report (see Needs.from_report).  Pure:
-    no I/O.  reasons lists every rule the object breaks, in the kernel's
-    order; errno is the first one's.
+    NEEDS comes from Needs.from_program, the one way to learn what an object
+    needs (the loader and the loader daemon both use it, through
+    loader.preflight).  Pure: no I/O.  reasons lists every rule the object
+    breaks, in the kernel's order; errno is the first one's.
     """
-    needs = Needs.from_report(report)
     tier = granted_tier(creds, policy)
     hook_ok, hook_rule = hook_allows(creds, policy)
     reads_any = hook_ok and reads_any_task(creds)

@@ -17,6 +17,7 @@ never raises anything else and never buffers more than one frame.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ ERROR_CODES: dict[str, bool] = {
     "invalid_object": False,  # submit: not a usable seccomp object
     "load_failed": False,  # the kernel (verifier) refused the program
     "unavailable": False,  # entry failed to load; see the daemon's log
+    "overloaded": False,  # the daemon is short of file descriptors; retry
     "internal": False,
 }
 
@@ -93,8 +95,14 @@ class DaemonError(EbpfSeccompError):
 
 
 def encode(message: dict[str, Any], *, max_frame: int | None = None) -> bytes:
-    """One frame: header + compact UTF-8 JSON of MESSAGE."""
-    body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    """One frame: header + compact UTF-8 JSON of MESSAGE.
+
+    A string that is not valid Unicode (a lone surrogate) is written as a
+    JSON escape rather than failing: the frame is always valid UTF-8."""
+    try:
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
     if max_frame is not None and len(body) > max_frame:
         raise ProtocolError(
             "frame_too_large", f"message of {len(body)} bytes exceeds the {max_frame}-byte limit"
@@ -102,6 +110,26 @@ def encode(message: dict[str, Any], *, max_frame: int | None = None) -> bytes:
     if len(body) > 0xFFFFFFFF:
         raise ProtocolError("frame_too_large", "message does not fit a 32-bit length")
     return HEADER.pack(len(body)) + body
+
+
+def error_frame(request_id: Any, code: str, message: str) -> bytes:
+    """An error reply's frame that cannot fail to encode: REQUEST_ID is
+    echoed only if it is an int or a valid-Unicode string, MESSAGE is made
+    ASCII; on any failure the fixed INTERNAL_FRAME is returned."""
+    try:
+        rid = request_id if _plain_id(request_id) else None
+        body = json.dumps(
+            error_reply(rid, str(code), str(message)), separators=(",", ":"), ensure_ascii=True
+        ).encode("ascii")
+        return HEADER.pack(len(body)) + body
+    except Exception:  # noqa: BLE001 - the last resort must not raise
+        return INTERNAL_FRAME
+
+
+def _plain_id(value: Any) -> bool:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return True
+    return isinstance(value, str) and len(value) <= _MAX_ID_LEN and not has_lone_surrogate(value)
 
 
 class FrameParser:
@@ -133,6 +161,15 @@ class FrameParser:
     def in_frame(self) -> bool:
         """True while part of a frame has arrived but not all of it."""
         return self.buffered > 0
+
+    @property
+    def has_frame(self) -> bool:
+        """True when a complete frame is buffered (next_frame() would return it)."""
+        avail = len(self._buf) - self._pos
+        if self._error is not None or avail < HEADER_SIZE:
+            return False
+        (length,) = HEADER.unpack_from(self._buf, self._pos)
+        return avail >= HEADER_SIZE + length
 
     @property
     def failed(self) -> bool:
@@ -234,8 +271,54 @@ class Request:
         return value
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: A JSON escape of a UTF-16 surrogate: the only way a surrogate gets into a
+#: decoded frame (raw UTF-8 bytes cannot encode one).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """True when TEXT holds a UTF-16 surrogate on its own (JSON "\\ud800"):
+    not a Unicode character, so it cannot be encoded as UTF-8."""
+    return _SURROGATE.search(text) is not None
+
+
+def _surrogate_field(obj: dict[str, Any]) -> str | None:
+    """The top-level field of OBJ whose name or value (at any depth) holds a
+    lone surrogate, shown safely; None when there is none."""
+    for key, value in obj.items():
+        where = ascii(key)
+        if has_lone_surrogate(key):
+            return where
+        stack: list[Any] = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, str):
+                if has_lone_surrogate(v):
+                    return where
+            elif isinstance(v, dict):
+                for k, x in v.items():
+                    if has_lone_surrogate(k):
+                        return where
+                    stack.append(x)
+            elif isinstance(v, list):
+                stack.extend(v)
+    return None
+
+
+def _shown(value: Any, limit: int = 32) -> str:
+    """VALUE for an error message: short and ASCII whatever the client sent."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        text = ascii(value)
+        return text if len(text) <= limit else text[:limit] + "..."
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+
+
 def decode(payload: bytes) -> Request:
-    """Check a request frame: version, id, op.  Arguments are left to the op."""
+    """Check a request frame: version, id, op.  Arguments are left to the op.
+
+    Every string in it (ids, op, names, map keys, tiers, at any depth) must
+    be valid Unicode: a lone surrogate escape is a bad_request."""
     obj = loads(payload)
     rid = obj.get("id")
     if (
@@ -247,12 +330,27 @@ def decode(payload: bytes) -> Request:
             "bad_request",
             f"'id' must be an integer or a string of at most {_MAX_ID_LEN} characters",
         )
+    if isinstance(rid, str) and has_lone_surrogate(rid):
+        raise ProtocolError(
+            "bad_request",
+            "'id' holds a lone UTF-16 surrogate (an escape like \\ud800 without its pair), "
+            "which is not Unicode; send valid Unicode strings",
+        )
     rid_ok = rid
+    if _SURROGATE_ESCAPE.search(payload) is not None:
+        bad = _surrogate_field(obj)
+        if bad is not None:
+            raise ProtocolError(
+                "bad_request",
+                f"field {bad} holds a lone UTF-16 surrogate (an escape like \\ud800 without "
+                "its pair), which is not Unicode; send valid Unicode strings",
+                request_id=rid_ok,
+            )
     version = obj.get("v")
     if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         raise ProtocolError(
             "unsupported_version",
-            f"protocol version {version!r} not supported; this daemon speaks "
+            f"protocol version {_shown(version)} not supported; this daemon speaks "
             + ", ".join(str(v) for v in SUPPORTED_VERSIONS),
             request_id=rid_ok,
         )
@@ -260,10 +358,9 @@ def decode(payload: bytes) -> Request:
     if not isinstance(op, str):
         raise ProtocolError("bad_request", "request needs a string field 'op'", request_id=rid_ok)
     if op not in OPS:
-        shown = op if len(op) <= 32 else op[:32] + "..."
         raise ProtocolError(
             "unknown_op",
-            f"unknown op {shown!r}; known: {', '.join(OPS)}",
+            f"unknown op {_shown(op)}; known: {', '.join(OPS)}",
             request_id=rid_ok,
         )
     args = {k: v for k, v in obj.items() if k not in ("v", "id", "op")}
@@ -281,3 +378,7 @@ def ok_reply(request_id: Any, **result: Any) -> dict[str, Any]:
 def error_reply(request_id: Any, code: str, message: str, **extra: Any) -> dict[str, Any]:
     err: dict[str, Any] = {"code": code, "message": message, **extra}
     return {"v": VERSION, "id": request_id, "ok": False, "error": err}
+
+
+#: An error frame encoded once, at import: the reply of last resort.
+INTERNAL_FRAME = encode(error_reply(None, "internal", "internal error (see the daemon's log)"))

@@ -163,7 +163,9 @@ def test_principals() -> None:
 
 
 def test_settings(tmp_path: Path) -> None:
-    assert load_settings(tmp_path).max_clients == 1024
+    default = load_settings(tmp_path)
+    assert default.max_clients is None  # sized from RLIMIT_NOFILE by the daemon
+    assert default.submit is False  # submit is off unless enabled
     write(
         tmp_path,
         "ebpfseccompd.conf",
@@ -204,3 +206,13 @@ def test_example_catalog_parses() -> None:
     assert not bad
     if os.environ.get("CI"):
         assert cat.entries or cat.problems
+
+
+def test_example_settings_keep_submit_off() -> None:
+    """The example ebpfseccompd.conf leaves submit off (issue 8, issue 12)."""
+    d = Path(__file__).parent.parent / "contrib" / "catalog"
+    if not (d / "ebpfseccompd.conf").exists():
+        pytest.skip("no contrib/catalog/ebpfseccompd.conf")
+    s = load_settings(d)
+    assert s.submit is False
+    assert s.max_clients is None  # sized from RLIMIT_NOFILE

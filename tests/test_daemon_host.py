@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import resource
 import signal
 import socket
 import stat
@@ -71,11 +72,12 @@ class Fake(daemon.Backend):
             problems=["insn 3: R0 !read_ok"] if kv.get(b"loadable") == b"0" else [],
             maps=maps,
         )
-    def predict(self, checked, peer):
+    def predict(self, checked, peer, ptrace_scope):
         tier = Tier[os.environ.get("FAKE_CLIENT_TIER", "extended").upper()]
         ok = checked.tier <= tier
-        return daemon.Decision(ok, tier, [] if ok else
-            ["ptrace_scope is 2 and you lack CAP_SYS_PTRACE"], tier >= Tier.PTRACE)
+        return daemon.Prediction(ok, tier, [] if ok else
+            ["ptrace_scope is 2 and you lack CAP_SYS_PTRACE"],
+            reads_any_task=tier >= Tier.PTRACE)
     def load(self, path, program, maps, caps):
         if b"kernel=refuse" in Path(path).read_bytes():
             raise KernelError("bpf(BPF_PROG_LOAD): Invalid argument")
@@ -114,6 +116,11 @@ def entry(catalog: Path, name: str, obj: Path, **extra: Any) -> Path:
     f = catalog / f"{name}.toml"
     f.write_text("\n".join(lines) + "\n")
     return f
+
+
+def enable_submit(catalog: Path, extra: str = "") -> None:
+    """submit is off unless ebpfseccompd.conf enables it."""
+    (catalog / "ebpfseccompd.conf").write_text(extra + "[submit]\nenabled = true\n")
 
 
 class Daemon:
@@ -180,7 +187,12 @@ def catalog(tmp_path: Path) -> Path:
 def start(tmp_path: Path, catalog: Path) -> Iterator[Any]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def _start(*args: str, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
+    def _start(
+        *args: str,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        nofile: int | None = None,
+    ) -> Daemon:
         launcher = tmp_path / "fake_daemon.py"
         launcher.write_text(FAKE_BACKEND.format(root=str(ROOT)))
         sock = str(tmp_path / f"d{len(procs)}.sock")
@@ -188,8 +200,14 @@ def start(tmp_path: Path, catalog: Path) -> Iterator[Any]:
         loads = tmp_path / "loads.txt"
         e = dict(os.environ, FAKE_LOADS=str(loads), **(env or {}))
         cmd = [sys.executable, str(launcher), "--config", str(catalog), "--socket", sock, *args]
+        def limit() -> None:  # soft and hard: the daemon cannot raise it
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with log.open("wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=e)
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=e, preexec_fn=limit
+            )
         procs.append(proc)
         if wait:
             wait_socket(sock, proc)
@@ -321,6 +339,7 @@ def test_map_preload_encoded(start: Any, catalog: Path, tmp_path: Path) -> None:
 
 def test_malformed_requests_get_errors(start: Any, catalog: Path, tmp_path: Path) -> None:
     entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    enable_submit(catalog)
     d = start()
     s = d.raw()
     cases: list[tuple[Any, str]] = [
@@ -506,6 +525,7 @@ def test_many_concurrent_clients_and_fds(start: Any, catalog: Path, tmp_path: Pa
 
 
 def test_submit_within_and_beyond_tier(start: Any, catalog: Path, tmp_path: Path) -> None:
+    enable_submit(catalog)
     d = start("--audit-log", str(tmp_path / "audit"), env={"FAKE_CLIENT_TIER": "extended"})
     with d.client() as c:
         fd, meta = c.submit(b"FAKE tier=extended", name="mine")
@@ -537,6 +557,33 @@ def test_submit_disabled_by_settings(start: Any, catalog: Path, tmp_path: Path) 
         with pytest.raises(DaemonError) as ei:
             c.submit(b"FAKE tier=none")
         assert ei.value.code == "forbidden"
+
+
+def test_submit_off_by_default(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """No ebpfseccompd.conf, or one without [submit]: submit is refused and
+    nothing is loaded; list says so; the message names the setting."""
+    d = start("--audit-log", str(tmp_path / "audit"))
+    with d.client() as c:
+        assert c.list() == []
+        raw = d.raw()
+        send_frame(raw, {"v": 1, "id": 1, "op": "list"})
+        assert recv_reply(raw)["submit"] is False  # type: ignore[index]
+        raw.close()
+        with pytest.raises(DaemonError) as ei:
+            c.submit(b"FAKE tier=none")
+        assert ei.value.code == "forbidden"
+        assert "[submit] enabled = true" in ei.value.message
+    assert not d.loads.exists()  # nothing was loaded
+    rec = json.loads((tmp_path / "audit").read_text().splitlines()[-1])
+    assert rec["op"] == "submit" and rec["granted"] is False
+
+
+def test_submit_restricted_to_users(start: Any, catalog: Path, tmp_path: Path) -> None:
+    (catalog / "ebpfseccompd.conf").write_text("[submit]\nenabled = true\nusers = [4242]\n")
+    d = start()
+    with d.client() as c, pytest.raises(DaemonError) as ei:
+        c.submit(b"FAKE tier=none")
+    assert ei.value.code == "forbidden" and f"uid {os.getuid()}" in ei.value.message
 
 
 # --- operations -----------------------------------------------------------------
@@ -854,3 +901,381 @@ def test_drop_privileges_refuses_without_caps(start: Any, catalog: Path, tmp_pat
     )  # fmt: skip
     assert d.proc.wait(20) == 1
     assert "cannot drop privileges: the catalog needs CAP_BPF" in d.output()
+
+
+# --- issue 12: the attacks of the adversarial test, as regression tests ----------------
+
+
+Reply = tuple[dict[str, Any], list[int]]
+
+
+def recv_frames(s: socket.socket, n: int, timeout: float = 30) -> list[Reply]:
+    """N reply frames with the fds that came with each (SCM_RIGHTS)."""
+    out: list[Reply] = []
+    parser = protocol.FrameParser(1 << 24)
+    pending: list[int] = []
+    s.settimeout(timeout)
+    space = socket.CMSG_SPACE(64 * 4)
+    while len(out) < n:
+        frame = parser.next_frame()
+        if frame is not None:
+            out.append((protocol.loads(frame), pending))
+            pending = []
+            continue
+        data, anc, _flags, _ = s.recvmsg(65536, space)
+        for level, kind, blob in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                pending += list(struct.unpack(f"{len(blob) // 4}i", blob[: len(blob) // 4 * 4]))
+        if not data:
+            break
+        parser.feed(data)
+    return out
+
+
+def connect_patiently(path: str, timeout: float = 30) -> socket.socket:
+    """connect() as a blocking client would: wait while the backlog is full."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        try:
+            s.connect(path)
+            return s
+        except BlockingIOError:
+            s.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+SURROGATE_FRAMES: list[tuple[bytes, Any]] = [
+    # (payload, the id the reply must carry)
+    (b'{"v":1,"id":"\\ud800","op":"list"}', None),  # the frame that killed the daemon
+    (b'{"v":1,"id":"a\\udfffb","op":"get","name":"alpha"}', None),
+    (b'{"v":1,"id":1,"op":"\\udc00"}', 1),
+    (b'{"v":1,"id":2,"op":"get","name":"\\ud800"}', 2),
+    (b'{"v":1,"id":3,"op":"get","name":"alpha","\\ud83d":1}', 3),  # a field name
+    (b'{"v":1,"id":4,"op":"submit","object":"AA==","tier":"\\ud800"}', 4),
+    (b'{"v":1,"id":5,"op":"submit","object":"AA==","name":"\\udc00"}', 5),
+    (b'{"v":1,"id":6,"op":"submit","object":"AA==","program":"\\udbff"}', 6),
+    (b'{"v":1,"id":7,"op":"get","name":"alpha","maps":{"k":{"\\ud800":[1]}}}', 7),  # map key
+    (b'{"v":"\\ud800","id":8,"op":"list"}', 8),
+    (b'{"v":1,"id":9,"op":"list","x":[[["\\udfff"]]]}', 9),
+]
+
+
+def test_lone_surrogates_are_bad_requests(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """Issue 12, defect 2: a lone surrogate escape anywhere is a bad_request
+    for that client; the daemon lives on and serves everyone."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    enable_submit(catalog)
+    d = start()
+    s = d.raw()
+    other = d.client()
+    for payload, rid in SURROGATE_FRAMES:
+        send_frame(s, payload)
+        reply = recv_reply(s)
+        assert reply is not None, payload
+        assert reply["ok"] is False and reply["error"]["code"] == "bad_request", (payload, reply)
+        assert reply["id"] == rid
+        assert "surrogate" in reply["error"]["message"]
+        fd, _ = other.get("alpha")  # every other client is still served
+        os.close(fd)
+    # a proper surrogate pair is valid Unicode: an ordinary answer, echoed intact
+    send_frame(s, b'{"v":1,"id":"\\ud83d\\ude00","op":"get","name":"\\ud83d\\ude00"}')
+    reply = recv_reply(s)
+    assert reply is not None and reply["id"] == "\U0001f600"
+    assert reply["error"]["code"] == "not_found" and "\U0001f600" in reply["error"]["message"]
+    send_frame(s, {"v": 1, "id": 99, "op": "list"})  # the same connection still works
+    reply = recv_reply(s)
+    assert reply is not None and reply["ok"] and reply["id"] == 99
+    s.close()
+    assert d.proc.poll() is None
+    st = other.stats()
+    assert st["counters"]["error_bad_request"] == len(SURROGATE_FRAMES)
+    assert "error_internal" not in st["counters"]
+    other.close()
+    assert "Traceback" not in d.output()
+
+
+def test_no_fd_leak_on_error_paths(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """Issue 12, defect 3: a lone surrogate in submit's name answered
+    `internal` and leaked the program fd.  Every error path of get and
+    submit, 30 times each: the daemon's fd count comes back to where it was."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    entry(catalog, "fresh", fake_obj(tmp_path, "f"), per_client=True)
+    enable_submit(catalog)
+    d = start()
+    good = base64.b64encode(b"FAKE tier=none").decode()
+    refused_by_kernel = base64.b64encode(b"FAKE tier=none kernel=refuse").decode()
+    too_high = base64.b64encode(b"FAKE tier=tracing").decode()
+    cases: list[tuple[bytes | dict[str, Any], str]] = [
+        (b'{"v":1,"id":1,"op":"submit","object":"%s","name":"\\udc00"}' % good.encode(),
+         "bad_request"),
+        (b'{"v":1,"id":2,"op":"submit","object":"%s","program":"\\ud800"}' % good.encode(),
+         "bad_request"),
+        ({"v": 1, "id": 3, "op": "submit", "object": refused_by_kernel}, "load_failed"),
+        ({"v": 1, "id": 4, "op": "submit", "object": too_high}, "refused"),
+        ({"v": 1, "id": 5, "op": "submit", "object": good, "tier": "bogus"}, "bad_request"),
+        ({"v": 1, "id": 6, "op": "submit", "object": "AAAA"}, "invalid_object"),
+        ({"v": 1, "id": 7, "op": "get", "name": "nope"}, "not_found"),
+    ]  # fmt: skip
+    with d.client() as c:  # warm up: the first request may open files once
+        os.close(c.get("alpha")[0])
+        os.close(c.submit(b"FAKE tier=none")[0])
+    before = d.settled_fds()
+    s = d.raw()
+    for _ in range(30):
+        for msg, code in cases:
+            send_frame(s, msg)
+            reply = recv_reply(s)
+            assert reply is not None and reply["error"]["code"] == code, (msg, reply)
+    s.close()
+    assert d.settled_fds(before) == before
+    with d.client() as c:
+        assert "error_internal" not in c.stats()["counters"]
+
+
+def test_hog_pipelining_2000_gets(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """Issue 12, defect 4: a client pipelines 2,000 gets and reads the
+    replies late.  Meanwhile the daemon holds at most a bounded number of
+    fds for it, other clients are served with correct replies, and the hog
+    then gets all 2,000 replies, each with its fd, none `internal`."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start("--client-timeout", "8")
+    with d.client() as c:
+        os.close(c.get("alpha")[0])
+    before = d.settled_fds()
+    hog = d.raw()
+    blob = b"".join(protocol.encode(protocol.request("get", i, name="alpha")) for i in range(2000))
+    sender = threading.Thread(target=hog.sendall, args=(blob,))
+    sender.start()
+    errors: list[str] = []
+    served = [0]
+    stop = time.monotonic() + 3.0
+    peak = [0]
+
+    def good(k: int) -> None:
+        try:
+            with d.client() as c:
+                while time.monotonic() < stop:
+                    fd, meta = c.get("alpha")
+                    link = os.readlink(f"/proc/self/fd/{fd}")
+                    os.close(fd)
+                    if meta["name"] != "alpha" or "fakeprog-alpha" not in link:
+                        errors.append(f"wrong reply {meta} {link}")
+                    served[0] += 1
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=good, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    while time.monotonic() < stop:
+        peak[0] = max(peak[0], d.fds())
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert served[0] > 100  # the others were served while the hog held back
+    # the hog's queue and the good clients' sockets, nothing like 2,000
+    assert peak[0] <= before + 1 + 4 + 16 + 8, (peak[0], before)
+    replies = recv_frames(hog, 2000)
+    sender.join()
+    assert [r["id"] for r, _ in replies] == list(range(2000))
+    bad = [r for r, fds in replies if not r["ok"] or len(fds) != 1]
+    for _, fds in replies:
+        for fd in fds:
+            os.close(fd)
+    assert not bad, bad[:3]
+    hog.close()
+    assert d.settled_fds(before) == before
+    with d.client() as c:
+        counters = c.stats()["counters"]
+    assert "error_internal" not in counters and counters["op_get"] >= 2000 + served[0]
+
+
+def _raise_own_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"needs {need} open files; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def test_connection_flood_1100(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """Issue 12, defect 5: 1,100 connections to a daemon whose fd limit is
+    1024.  The clients beyond what fits get `busy` and are closed, the
+    daemon does not spin or flood its log, and connected clients (the ones
+    that came before and the ones that got in) are served."""
+    _raise_own_nofile(1500)
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start(nofile=1024)
+    first = d.client()
+    os.close(first.get("alpha")[0])
+    before = d.settled_fds()
+    cpu0 = cpu_seconds(d.pid)
+    socks = [connect_patiently(d.socket) for _ in range(1100)]
+    time.sleep(1.0)
+    busy, held = [], []
+    for s in socks:
+        s.setblocking(False)
+        try:
+            data = s.recv(4096)
+        except BlockingIOError:
+            held.append(s)
+            continue
+        assert data, "closed without a reply"
+        reply = protocol.loads(data[4:])
+        assert reply["error"]["code"] == "busy", reply
+        busy.append(s)
+    assert busy and held and len(busy) + len(held) == 1100
+    st = first.stats()
+    assert st["clients"] == len(held) + 1
+    assert st["counters"]["refused_busy"] == len(busy)
+    assert d.fds() < 1024 - 40  # the reserve is intact
+    # no spinning: a second of a full daemon costs almost no CPU
+    cpu1 = cpu_seconds(d.pid)
+    time.sleep(1.0)
+    assert cpu_seconds(d.pid) - cpu1 < 0.2
+    assert cpu1 - cpu0 < 5.0
+    # everyone connected is served, with fds, while the daemon is full
+    fd, meta = first.get("alpha")
+    os.close(fd)
+    for s in held[:: max(1, len(held) // 20)]:
+        s.setblocking(True)
+        send_frame(s, {"v": 1, "id": 1, "op": "get", "name": "alpha"})
+        ((reply, fds),) = recv_frames(s, 1)
+        assert reply["ok"] and len(fds) == 1, reply
+        os.close(fds[0])
+    log_lines = d.output().splitlines()
+    assert sum("accept:" in line for line in log_lines) == 0, log_lines[-5:]
+    for s in socks:
+        s.close()
+    first.close()
+    assert d.settled_fds(before - 1) == before - 1  # minus `first`
+
+
+EXHAUST = """
+import os, threading, time
+def _exhaust():
+    go, stop = os.environ["EXHAUST_GO"], os.environ["EXHAUST_STOP"]
+    while not os.path.exists(go):
+        time.sleep(0.02)
+    held = []
+    try:
+        while True:
+            held.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    os.mkdir(go + ".held")  # needs no fd
+    while not os.path.exists(stop):
+        time.sleep(0.02)
+    for fd in held:
+        os.close(fd)
+threading.Thread(target=_exhaust, daemon=True).start()
+"""
+
+
+def test_accept_emfile_backs_off(start: Any, catalog: Path, tmp_path: Path) -> None:
+    """Issue 12, defect 5: when the daemon's fd table is full (here taken by
+    a thread of the daemon process itself), accept() fails with EMFILE: the
+    daemon must neither spin nor flood its log; waiting clients get `busy`
+    (through the spare fd) or are served once fds are free again."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    go, stop = tmp_path / "go", tmp_path / "stop"
+    d = start(nofile=256, env={"FAKE_PRE": EXHAUST, "EXHAUST_GO": str(go),
+                               "EXHAUST_STOP": str(stop)})  # fmt: skip
+    first = d.client()
+    first.list()
+    go.touch()
+    deadline = time.monotonic() + 10
+    while not (tmp_path / "go.held").exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    cpu0 = cpu_seconds(d.pid)
+    waiting = [connect_patiently(d.socket) for _ in range(10)]
+    # a connected client asks for an fd the daemon cannot make: an answer, not a crash
+    with pytest.raises(DaemonError) as ei:
+        first.get("alpha")
+    assert ei.value.code == "overloaded"
+    time.sleep(2.0)
+    assert cpu_seconds(d.pid) - cpu0 < 0.5  # no spinning
+    accept_lines = [x for x in d.output().splitlines() if "accept:" in x]
+    assert 1 <= len(accept_lines) <= 2, accept_lines
+    stop.touch()
+    time.sleep(1.5)  # the back-off is at most 1 s
+    busy = served = 0
+    for s in waiting:
+        try:
+            send_frame(s, {"v": 1, "id": 1, "op": "list"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused with busy and closed: its reply is still there to read
+        try:
+            reply = recv_reply(s)
+        except ConnectionResetError:
+            reply = None
+        if reply is not None and reply["ok"]:
+            served += 1
+        else:
+            assert reply is None or reply["error"]["code"] == "busy"
+            busy += 1
+        s.close()
+    assert busy >= 1 and served >= 1 and busy + served == 10
+    fd, _ = first.get("alpha")  # the connection survived the shortage
+    os.close(fd)
+    assert first.stats()["counters"]["accept_errors"] >= 1
+    first.close()
+    assert d.proc.poll() is None
+
+
+def test_fds_read_by_idle_clients_free_the_budget(
+    start: Any, catalog: Path, tmp_path: Path
+) -> None:
+    """The fd budget counts fds sent and not yet read; clients that read
+    theirs and then stay connected and idle must not hold it: with a small
+    fd limit (budget about 45 fds), 20 idle clients that each took 10 fds,
+    and new clients are still served at once."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start(nofile=256)
+    idle = []
+    for _ in range(20):
+        c = d.client()
+        for _ in range(10):
+            fd, _meta = c.get("alpha")
+            os.close(fd)
+        idle.append(c)
+    t0 = time.monotonic()
+    with d.client() as c:
+        for _ in range(50):
+            fd, _meta = c.get("alpha")
+            os.close(fd)
+    assert time.monotonic() - t0 < 5
+    for c in idle:  # and the idle ones, later, too
+        fd, _meta = c.get("alpha")
+        os.close(fd)
+        c.close()
+
+
+def test_bad_header_behind_good_frames_fails_at_once(
+    start: Any, catalog: Path, tmp_path: Path
+) -> None:
+    """A valid request followed, in the same write, by an oversized header:
+    the request is answered, then frame_too_large, then close (no wait for
+    the client timeout)."""
+    entry(catalog, "alpha", fake_obj(tmp_path, "a"))
+    d = start("--max-frame", "4096")
+    s = d.raw()
+    s.sendall(protocol.encode(protocol.request("list", 1)) + struct.pack(">I", 5000))
+    t0 = time.monotonic()
+    first, second = recv_frames(s, 2, timeout=5)
+    assert first[0]["ok"] and first[0]["id"] == 1
+    assert second[0]["error"]["code"] == "frame_too_large"
+    assert time.monotonic() - t0 < 2
+    assert_closed(s)
+    s.close()

@@ -119,3 +119,89 @@ def test_decode_random_objects(obj: dict[str, object]) -> None:
                 req.str_arg(name, required=False)
             except ProtocolError as exc:
                 assert exc.code == "bad_request"
+
+
+# --- lone surrogates (issue 12, defect 2) -----------------------------------------------
+
+#: text that may hold lone UTF-16 surrogates, as JSON's "\ud800" escapes produce
+surrogate_text = st.lists(
+    st.one_of(st.characters(), st.integers(0xD800, 0xDFFF).map(chr)), max_size=6
+).map("".join)
+lone = st.integers(0xD800, 0xDFFF).map(chr)
+
+#: every string field of a request the daemon reads, and a nested one
+STRING_FIELDS = ("id", "op", "name", "object", "program", "tier", "extra", "nested", "key")
+
+
+def _request_with(field: str, bad: str) -> dict[str, object]:
+    req: dict[str, object] = {"v": 1, "id": 7, "op": "submit", "name": "n", "object": "AA==",
+                              "program": "p", "tier": "none"}  # fmt: skip
+    if field in ("id", "op", "name", "object", "program", "tier"):
+        req[field] = bad
+    elif field == "extra":
+        req["extra"] = bad
+    elif field == "nested":
+        req["maps"] = {"m": {"entries": [[1, bad]]}}
+    else:  # a key, at the top and deeper
+        req[bad] = 1
+    return req
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(STRING_FIELDS), surrogate_text, lone, surrogate_text)
+def test_lone_surrogate_in_every_string_field(
+    field: str, before: str, bad: str, after: str
+) -> None:
+    import json
+
+    from hypothesis import assume
+
+    text = before + bad + after
+    # a high surrogate followed by a low one is a valid pair (one character)
+    assume(protocol.has_lone_surrogate(json.loads(json.dumps(text))))
+    req = _request_with(field, text)
+    payload = json.dumps(req).encode()  # ASCII with \ud800-style escapes
+    try:
+        protocol.decode(payload)
+    except ProtocolError as exc:
+        assert exc.code == "bad_request", exc
+        assert "surrogate" in exc.message
+        assert exc.request_id == (None if field == "id" else 7)
+        # the error reply always encodes, as valid UTF-8
+        frame = protocol.encode(protocol.error_reply(exc.request_id, exc.code, exc.message))
+        frame[4:].decode("utf-8")
+    else:
+        raise AssertionError(f"accepted a lone surrogate in {field}: {req!r}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.one_of(st.sampled_from(["v", "id", "op", "name", "object", "tier", "program"]),
+                  surrogate_text),
+        st.one_of(json_values, surrogate_text, st.just(1), st.sampled_from(protocol.OPS)),
+        max_size=7,
+    )
+)  # fmt: skip
+def test_decode_with_surrogates_never_escapes(obj: dict[str, object]) -> None:
+    import json
+
+    payload = json.dumps(obj).encode()
+    try:
+        req = protocol.decode(payload)
+    except ProtocolError as exc:
+        assert not exc.fatal
+        protocol.encode(protocol.error_reply(exc.request_id, exc.code, exc.message))
+        return
+    # accepted: then nothing in it is a lone surrogate, and it encodes back
+    protocol.encode({"id": req.id, "op": req.op, **req.args})[4:].decode("utf-8")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.none(), st.integers(), surrogate_text, st.lists(st.integers())),
+       surrogate_text, surrogate_text)  # fmt: skip
+def test_error_frame_never_fails(rid: object, code: str, message: str) -> None:
+    frame = protocol.error_frame(rid, code, message)
+    reply = protocol.loads(frame[4:])
+    assert reply["ok"] is False
+    assert frame[4:].decode("ascii")

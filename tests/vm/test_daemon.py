@@ -161,6 +161,11 @@ def daemon(env: dict[str, Path]) -> Iterator[Any]:
         d.stop()
 
 
+def enable_submit(cat: Path) -> None:
+    """submit is off unless ebpfseccompd.conf enables it."""
+    (cat / "ebpfseccompd.conf").write_text("[submit]\nenabled = true\n")
+
+
 def entry(cat: Path, name: str, obj: Path, **kw: str) -> None:
     lines = [f'object = "{obj}"']
     lines += [f"{k} = {v}" for k, v in kw.items()]
@@ -265,6 +270,7 @@ def test_submit_user_memory_reads_follow_ptrace_scope(
     daemon: Any, env: dict[str, Path], objects: dict[str, Path], unprivileged: Any, sysctl: Any
 ) -> None:
     blob = objects["reader"].read_bytes()
+    enable_submit(env["catalog"])
     d = daemon()
     sysctl("kernel.yama.ptrace_scope", 2)
     code, message = unprivileged.call(_submit, d.socket, blob)
@@ -381,27 +387,158 @@ def _load(sock: str, n_clients: int, per_client: int) -> dict[str, Any]:
             "seconds": time.monotonic() - t0}  # fmt: skip
 
 
+HOG_GETS = 2000
+
+
+def _hog(sock: str, out: dict[str, Any]) -> None:
+    """Pipeline HOG_GETS gets, read nothing for 3 s, then read and check every reply."""
+    import array
+
+    from ebpfseccomp import protocol
+
+    try:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(600)
+        s.connect(sock)
+        blob = b"".join(protocol.encode(protocol.request("get", i, name="deny-uname"))
+                        for i in range(HOG_GETS))  # fmt: skip
+        sender = threading.Thread(target=s.sendall, args=(blob,))
+        sender.start()
+        time.sleep(3)
+        parser = protocol.FrameParser(1 << 24)
+        ids, bad, fds_seen = [], [], []
+        space = socket.CMSG_SPACE(64 * 4)
+        while len(ids) < HOG_GETS:
+            frame = parser.next_frame()
+            if frame is not None:
+                reply = protocol.loads(frame)
+                ids.append(reply["id"])
+                if not reply["ok"] or len(fds_seen) != 1:
+                    bad.append(f"{reply} with {len(fds_seen)} fds")
+                for fd in fds_seen:
+                    os.close(fd)
+                fds_seen = []
+                continue
+            data, anc, _f, _a = s.recvmsg(65536, space)
+            for _lvl, _kind, raw in anc:
+                fds = array.array("i")
+                fds.frombytes(raw[: len(raw) // 4 * 4])
+                fds_seen += list(fds)
+            if not data:
+                break
+            parser.feed(data)
+        sender.join()
+        s.close()
+        out.update(ids_ok=ids == list(range(HOG_GETS)), bad=bad[:5], nbad=len(bad))
+    except Exception as exc:  # noqa: BLE001
+        out.update(ids_ok=False, bad=[repr(exc)], nbad=1)
+
+
+def _flood(sock: str, start_when: Any, n: int, hold: threading.Event, out: dict[str, Any]) -> None:
+    """Once START_WHEN() is true, open N connections and hold them; count the busy ones."""
+    import resource
+
+    from ebpfseccomp import protocol
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, n + 512)), hard))
+        deadline = time.monotonic() + 600
+        while not start_when() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        socks = []
+        for _ in range(n):
+            while True:
+                s = socket.socket(socket.AF_UNIX)
+                s.settimeout(30)
+                try:
+                    s.connect(sock)
+                    break
+                except BlockingIOError:
+                    s.close()
+                    time.sleep(0.01)
+            socks.append(s)
+        # each one is either refused (`busy`, then closed) or, once accepted,
+        # answers a list: ask, and wait for whichever comes (a connection may
+        # still be in the backlog for a while under TCG)
+        busy = served = 0
+        frame = protocol.encode(protocol.request("list", 1))
+        for s in socks:
+            s.settimeout(300)
+            try:
+                s.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # already refused; its busy reply is still to be read
+            parser = protocol.FrameParser(1 << 20)
+            reply = None
+            while reply is None:
+                data = s.recv(65536)
+                if not data:
+                    break
+                parser.feed(data)
+                got = parser.next_frame()
+                reply = protocol.loads(got) if got is not None else None
+            if reply is not None and reply["ok"]:
+                served += 1
+            elif reply is not None and reply["error"]["code"] == "busy":
+                busy += 1
+        out.update(busy=busy, served=served, opened=len(socks))
+        hold.wait(1200)
+        for s in socks:
+            s.close()
+    except Exception as exc:  # noqa: BLE001
+        out.update(error=repr(exc))
+
+
 @pytest.mark.slow
 def test_load_200_clients_10000_requests(
     daemon: Any, env: dict[str, Path], objects: dict[str, Path], unprivileged: Any
 ) -> None:
+    """200 well-behaved clients (as nobody) check every reply while a hog
+    pipelines 2,000 gets it reads late and a flood of 600 connections fills
+    the daemon past --max-clients."""
+    from ebpfseccomp.client import Client
+
     entry(env["catalog"], "deny-uname", objects["deny_uname"])
     entry(env["catalog"], "per-client", objects["deny_uname"], per_client="true")
     entry(env["catalog"], "root-only", objects["deny_uname"], users="[0]")
     d = daemon("--max-clients", "512")
     before = d.settled_fds()
+    watcher = Client(d.socket)
+
+    def good_clients_connected() -> bool:
+        return bool(watcher.stats()["clients"] >= 200 + 2)  # + the hog and the watcher
+
+    hog: dict[str, Any] = {}
+    flood: dict[str, Any] = {}
+    hold = threading.Event()
+    flood_args = (d.socket, good_clients_connected, 600, hold, flood)
+    threads = [threading.Thread(target=_hog, args=(d.socket, hog)),
+               threading.Thread(target=_flood, args=flood_args)]  # fmt: skip
+    for t in threads:
+        t.start()
     res = unprivileged.call(_load, d.socket, 200, 50, timeout=1200)
+    hold.set()
+    for t in threads:
+        t.join(600)
     assert res["nbad"] == 0, res["bad"]
     assert res["count"] == 10_000
+    assert hog["nbad"] == 0 and hog["ids_ok"], hog
+    assert "error" not in flood, flood
+    assert flood["opened"] == 600 and flood["busy"] > 0, flood
+    assert flood["busy"] + flood["served"] == 600, flood
+    st = watcher.stats()
+    watcher.close()
     assert d.settled_fds(before) == before
-    from ebpfseccomp.client import Client
-
-    with Client(d.socket) as c:
-        st = c.stats()
     counters = st["counters"]
-    assert counters["op_get"] == 7500 and counters["op_list"] == 2500
+    assert counters["op_get"] == 7500 + HOG_GETS
+    assert counters["op_list"] == 2500 + flood["served"]  # each flooding client let in asked once
     assert counters["error_forbidden"] == 2500 and counters["per_client_loads"] == 2500
-    print(f"load test: 10000 requests from 200 clients in {res['seconds']:.1f} s")
+    assert counters["refused_busy"] == flood["busy"]
+    assert "error_internal" not in counters and "error_overloaded" not in counters
+    print(f"load test: 10000 requests from 200 clients in {res['seconds']:.1f} s, "
+          f"with a hog ({HOG_GETS} pipelined gets) and {flood['busy']} of 600 "
+          "flooding connections refused busy")  # fmt: skip
 
 
 def test_drop_privileges(daemon: Any, env: dict[str, Path], objects: dict[str, Path],
@@ -417,3 +554,170 @@ def test_drop_privileges(daemon: Any, env: dict[str, Path], objects: dict[str, P
     assert capeff == 1 << 39 or capeff == (1 << 39) | (1 << 19)  # CAP_BPF (+SYS_PTRACE at scope 2)
     res = unprivileged.call(_get_and_run_filtered, d.socket, "deny-uname")
     assert res["child"] == "uname errno 18; getpid ok"  # a per-client load after the drop
+
+
+# --- issue 12: submit, one prediction path; a hog and a flood under load ------------------
+
+#: submitting clients: (uid, capabilities kept; None: all of root's)
+SUBMITTERS: dict[str, tuple[int, tuple[int, ...] | None]] = {
+    "nobody": (65534, ()),
+    "root+ptrace": (0, (19,)),
+    "root+bpf": (0, (39,)),
+    "root+bpf+perfmon": (0, (39, 38)),
+}
+#: the objects whose answer depends on the kernel's rules (the host table
+#: test has every object and credential; "big" takes minutes under TCG)
+VM_TABLE_OBJECTS = ("plain", "hashmap", "lru", "lru_percpu", "global", "ktime", "readuser",
+                    "tracing", "calls", "loop")
+
+
+def _as_client(uid: int, keep: tuple[int, ...] | None, fn: Any, *args: Any) -> Any:
+    """fn(*args) in a forked child with these credentials; its result."""
+    import pickle
+    import traceback
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            if uid != 0:
+                from vmhelpers import drop_to_nobody
+
+                drop_to_nobody(uid, uid)
+            elif keep is not None:
+                from ebpfseccomp import sys as esys
+
+                mask = sum(1 << c for c in keep)
+                esys.capset(mask, mask, 0)
+            payload = pickle.dumps(("ok", fn(*args)))
+        except BaseException:  # noqa: BLE001
+            payload = pickle.dumps(("exc", traceback.format_exc()))
+        with os.fdopen(w, "wb") as f:
+            f.write(payload)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind != "ok":
+        raise AssertionError(f"client child failed:\n{value}")
+    return value
+
+
+def _submit_and_load_myself(sock: str, path: str, scope: int) -> tuple[str, str, str, str]:
+    """(daemon's answer to my submit, the kernel's answer to my own load,
+    privilege.predict's answer, the daemon's message)."""
+    from ebpfseccomp import elf, loader
+    from ebpfseccomp.client import Client, DaemonError
+    from ebpfseccomp.errors import EbpfSeccompError
+    from ebpfseccomp.privilege import Credentials, Needs, SystemPolicy, predict
+
+    message = ""
+    try:
+        with Client(sock, timeout=600) as c:  # the checker is slow under TCG
+            fd, meta = c.submit(Path(path).read_bytes(), name=Path(path).name)
+        link = os.readlink(f"/proc/self/fd/{fd}")
+        os.close(fd)
+        daemon = "ok" if link == "anon_inode:bpf-prog" else f"bad fd {link}"
+    except DaemonError as e:
+        daemon, message = e.code, e.message
+    try:
+        with loader.load(path, check=False):
+            kernel = "ok"
+    except EbpfSeccompError as e:
+        kernel = "refused"
+        message += f" | kernel: {e.render()[:200]}"
+    obj = elf.load_object(path)
+    pred = predict(Needs.from_program(obj, obj.program()), Credentials.current(),
+                   SystemPolicy(ptrace_scope=scope, unprivileged_bpf_disabled=0))  # fmt: skip
+    return daemon, kernel, "ok" if pred.ok else "refused", message
+
+
+@pytest.fixture(scope="module")
+def submit_objects() -> Iterator[dict[str, Path]]:
+    from submit_objects import build_all
+
+    d = Path(tempfile.mkdtemp(prefix="daemon-submit-objs-"))
+    objs = build_all(d, list(VM_TABLE_OBJECTS))
+    os.chmod(d, 0o755)
+    for p in d.iterdir():
+        os.chmod(p, 0o644)
+    yield objs
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 80 cells, each a check and two loads, under TCG
+def test_submit_table_daemon_equals_kernel(
+    daemon: Any, env: dict[str, Path], submit_objects: dict[str, Path], sysctl: Any
+) -> None:
+    """Issue 12, defect 1, on the kernel: each kind of object x each client
+    credential x ptrace_scope 1 and 2.  The daemon grants a submit exactly
+    when the kernel would let that client load the object itself (with the
+    load gate open: unprivileged_bpf_disabled=0), and when privilege.predict
+    says so."""
+    enable_submit(env["catalog"])
+    d = daemon()
+    sysctl("kernel.unprivileged_bpf_disabled", 0)
+    bad, cells = [], 0
+    for scope in (1, 2):
+        sysctl("kernel.yama.ptrace_scope", scope)
+        for who, (uid, keep) in SUBMITTERS.items():
+            for name in VM_TABLE_OBJECTS:
+                path = submit_objects[name]
+                cells += 1
+                got = _as_client(uid, keep, _submit_and_load_myself, d.socket, str(path), scope)
+                daemon_answer, kernel, predicted, message = got
+                if not daemon_answer == kernel == predicted:
+                    bad.append(f"scope={scope} {who} {name}: daemon {daemon_answer}, kernel "
+                               f"{kernel}, predict {predicted}: {message[:300]}")  # fmt: skip
+    assert not bad, f"{len(bad)} of {cells} cells differ:\n" + "\n".join(bad)
+
+
+def test_submit_lru_map_refused_for_nobody(
+    daemon: Any, env: dict[str, Path], submit_objects: dict[str, Path], unprivileged: Any,
+    sysctl: Any
+) -> None:  # fmt: skip
+    """The adversarial test's attack: nobody submits an object with an LRU
+    hash map (only CAP_BPF may create one); it must not be loaded."""
+    enable_submit(env["catalog"])
+    d = daemon("--audit-log", str(env["dir"] / "audit.jsonl"))
+    sysctl("kernel.yama.ptrace_scope", 1)
+    blob = submit_objects["lru"].read_bytes()
+    code, message = unprivileged.call(_submit, d.socket, blob)
+    assert code == "refused", message
+    assert "lru_hash" in message and "only CAP_BPF may create" in message
+    assert _submit(d.socket, blob)[0] == "ok"  # root has CAP_BPF
+    audit = (env["dir"] / "audit.jsonl").read_text()
+    assert '"uid":65534' in audit and '"code":"refused"' in audit
+
+
+def test_lone_surrogate_frame_as_nobody(
+    daemon: Any, env: dict[str, Path], objects: dict[str, Path], unprivileged: Any
+) -> None:
+    """The frame that stopped the daemon, sent by nobody: bad_request, and
+    the daemon serves on."""
+    entry(env["catalog"], "deny-uname", objects["deny_uname"])
+    d = daemon()
+
+    def attack(sock: str) -> list[str]:
+        import json as _json
+        import struct as _struct
+
+        codes = []
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(sock)
+            frames = (b'{"v":1,"id":"\\ud800","op":"list"}',
+                      b'{"v":1,"id":1,"op":"submit","object":"AA==","name":"\\udc00"}')
+            for body in frames:
+                s.sendall(_struct.pack(">I", len(body)) + body)
+                n = _struct.unpack(">I", s.recv(4))[0]
+                codes.append(_json.loads(s.recv(n))["error"]["code"])
+        return codes
+
+    assert unprivileged.call(attack, d.socket) == ["bad_request", "bad_request"]
+    res = unprivileged.call(_get_and_run_filtered, d.socket, "deny-uname")
+    assert res["child"] == "uname errno 18; getpid ok"
+    assert d.proc is not None and d.proc.poll() is None

@@ -38,7 +38,7 @@ from ebpfseccomp import sys as esys  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.errors import EbpfSeccompError  # noqa: E402
 from ebpfseccomp.insn import BPF_DW, BPF_W  # noqa: E402
-from ebpfseccomp.privilege import Credentials, Needs, SystemPolicy, predict  # noqa: E402
+from ebpfseccomp.privilege import Credentials, SystemPolicy  # noqa: E402
 
 pytestmark = pytest.mark.vm
 
@@ -122,16 +122,12 @@ def _as_bpf_only(paths: dict[str, str]) -> dict[str, int]:
 
 
 def _toolchain_says(obj_path: Path, creds: Credentials, policy: SystemPolicy) -> tuple[bool, str]:
-    """(loadable?, why not): the loader's decision before bpf(2)."""
+    """(loadable?, why not): the loader's decision before bpf(2) (loader.preflight)."""
     try:
         obj = elf.load_object(str(obj_path))
-        prog = obj.program()
-        pred = predict(Needs.from_program(obj, prog), creds, policy)
-        loader._static_check(obj, prog, str(obj_path), creds, pred.tier)
+        loader.preflight(obj, obj.program(), str(obj_path), creds, policy)
     except EbpfSeccompError as exc:
         return False, type(exc).__name__ + ": " + str(exc)[:200]
-    if not pred.ok:
-        return False, "prediction: " + pred.reasons[0][:200]
     return True, ""
 
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from ebpfseccomp.cli import main
 from ebpfseccomp.elf import load_object_bytes
 from ebpfseccomp.errors import ObjectError
-from ebpfseccomp.insn import BPF_DW, BPF_W
+from ebpfseccomp.insn import BPF_W
 from ebpfseccomp.inspect import check, disasm
 
 CLANG_SRC = r"""

@@ -65,6 +65,9 @@ class _Gen:
         self.jumps: list[tuple[int, int, int]] = []
 
     def imm(self) -> int:
+        return _s32(self._imm())
+
+    def _imm(self) -> int:
         r = self.rng.random()
         if r < 0.4:
             return self.rng.choice(NRS)
@@ -187,7 +190,12 @@ class _Gen:
                 _i(I.BPF_JMP | I.BPF_EXIT),
             )
 
-    def cond(self) -> None:
+    def guarded_ret(self) -> None:
+        """A return the verifier sees a way around: a jump over it."""
+        self.cond(over=True)
+        self.ret()
+
+    def cond(self, over: bool = False) -> None:
         rng = self.rng
         cls = rng.choice([I.BPF_JMP, I.BPF_JMP, I.BPF_JMP32])
         op = rng.choice(JMP_OPS)
@@ -197,11 +205,12 @@ class _Gen:
         else:
             ins = _i(cls | op | I.BPF_X, dst, self.reg())
         self.unit(ins)
-        self.jumps.append((len(self.units) - 1, 0, -1))
+        u = len(self.units) - 1
+        self.jumps.append((u, 0, u + 2 if over else -1))
 
     def body(self, n: int) -> None:
         actions = [
-            (self.cond, 30), (self.alu, 25), (self.ret, 10), (self.ctx_load, 8),
+            (self.cond, 30), (self.alu, 25), (self.guarded_ret, 10), (self.ctx_load, 8),
             (self.stack, 12), (self.special_alu, 6), (self.call, 4),
         ]  # fmt: skip
         fns = [f for f, _ in actions]
@@ -216,11 +225,13 @@ class _Gen:
             starts.append(pos)
             pos += len(u)
         out: list[I.Insn] = []
-        jump_units = {u for u, _, _ in self.jumps}
+        jump_units = {u: t for u, _, t in self.jumps}
         for ui, u in enumerate(self.units):
             for k, ins in enumerate(u):
                 if ui in jump_units and k == 0:
-                    target = self.rng.randrange(ui + 1, len(self.units))
+                    target = jump_units[ui]
+                    if target < 0:
+                        target = self.rng.randrange(ui + 1, len(self.units))
                     off = starts[target] - (starts[ui] + 1)
                     ins = I.Insn(ins.code, ins.dst, ins.src, off, ins.imm)
                 out.append(ins)

@@ -33,6 +33,7 @@ from enum import Enum
 from typing import Any
 
 from . import insn as I
+from ._helper_ids import HELPER_NAMES
 from .contract import AUDIT_ARCH, SECCOMP_RET_ACTION_FULL, Action, Verdict
 
 M32 = 0xFFFFFFFF
@@ -390,7 +391,8 @@ class _Analysis:
                 raise _GiveUp("BPF-to-BPF call")
             if ins.src == I.BPF_PSEUDO_KFUNC_CALL:
                 raise _GiveUp("kfunc call")
-            raise _GiveUp(f"helper call #{ins.imm} (a side effect or an unknown result)")
+            name = HELPER_NAMES.get(ins.imm, f"#{ins.imm}")
+            raise _GiveUp(f"call of bpf_{name} (a helper: side effects, unknown result)")
         if op not in _COND:
             raise _GiveUp("unknown jump (tail call, may_goto, ...)")
         dst = st.reg[ins.dst]

@@ -100,6 +100,8 @@ def format_cache(prog: Program, caches: list[ArchCache], all_syscalls: bool = Fa
         if len(cached) == c.nr_count:
             lines.append(f"  cache {label}: all {c.nr_count} syscalls served from the cache")
             continue
+        if not all_syscalls and len(cached) > 2 * LIST_LIMIT:
+            names = "all but the ones below"
         lines.append(
             f"  cache {label}: {len(cached)} of {c.nr_count} syscalls served from the cache"
             + (f": {names}" if cached else "")

@@ -21,7 +21,8 @@ verifier's rewrite of them.  The two agree except where the verifier proves
 a branch on an unknown value dead from value ranges and removes it (the
 kernel may then cache what this module reports as not cacheable) and on a
 branch on the address of a map, a constant for the kernel.  Division by zero
-and signed division by -1 are modelled as the verifier's rewrite runs them.
+and signed division by -1 are modelled as the verifier's rewrite runs them,
+and a division by an unknown register gives up as the rewrite's guard does.
 """
 
 from __future__ import annotations
@@ -282,6 +283,17 @@ class _Analysis:
             src_why = st.why.get(ins.src, "")
         else:
             src, src_why = _scalar(ins.imm), ""
+        if op in (I.BPF_DIV, I.BPF_MOD) and src.kind != Kind.SCALAR:
+            # The verifier guards a division by a register with a branch on
+            # that register (zero, and -1 when signed): the kernel sees that.
+            raise _GiveUp(f"division by {src_why or 'a value not known from nr and arch'}")
+        if op in (I.BPF_DIV, I.BPF_MOD) and ins.off == 1 and src.kind == Kind.SCALAR:
+            # The rewrite sets dst = 0 for x s/ 0 and x s% -1, known or not.
+            bits = 64 if ins.cls == I.BPF_ALU64 else 32
+            s = _sext(src.val, bits)
+            if (op == I.BPF_DIV and s == 0) or (op == I.BPF_MOD and s == -1):
+                self.set(st, ins.dst, _scalar(0))
+                return
         if src.is_ptr or (dst.is_ptr and op != I.BPF_MOV):
             self.set(st, ins.dst, self.alu_ptr(ins, dst, src), "a value computed from a pointer")
             return

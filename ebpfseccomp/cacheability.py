@@ -345,7 +345,8 @@ class _Analysis:
         else:
             where = self.slot_of(base, ins.off, size)
             if where is None:
-                raise _GiveUp("load from memory other than the context or the stack")
+                what = st.why.get(ins.src, "a pointer other than the context or the stack")
+                raise _GiveUp(f"load through {what} (not known when the filter is attached)")
             slot, byte = where
             v = st.slot[slot]
             if size == 8 and not signed:

@@ -134,7 +134,7 @@ GETPPID_HEAD = flatten(ldx(BPF_W, 6, 1, 0), jeq(6, 110, 2), ret(ALLOW))
         (flatten(ldx(BPF_W, 0, 1, 16), alu(BPF_OR, 0, ALLOW, cls=BPF_ALU), exit_()), "returns"),
         (flatten(call(5), ret(ALLOW)), "call of bpf_ktime_get_ns"),
         (flatten(mov(2, 5000), alu(BPF_ADD, 2, -1), jne(2, 0, -2), ret(ALLOW)), "steps"),
-        (flatten(ld_imm64(1, 0, src=1), ldx(BPF_DW, 0, 1, 0), exit_()), "load through the address of a map"),
+        (flatten(ld_imm64(1, 0, src=1), ldx(BPF_DW, 0, 1, 0), exit_()), "load through the address"),
         (flatten(movr(2, 10), alu(BPF_ADD, 2, -8), st(BPF_DW, 2, 0, 1),
                  Insn(BPF_STX | BPF_ATOMIC | BPF_DW, 10, 2, -8, BPF_ADD), ret(ALLOW)), "atomic"),
         (flatten(ld_imm64(2, 0x1000), st(BPF_W, 2, 0, 1), ret(ALLOW)), "store outside the stack"),

@@ -53,6 +53,7 @@ CACHE_ARCHES = ("x86_64", "i386")
 _KNOWN_CTX_BYTES = 8
 _BPF_JCOND = 0xE0
 _BPF_NOSPEC = 0xC0
+_BPF_PSEUDO_FUNC = 4
 
 
 class Kind(Enum):
@@ -388,6 +389,10 @@ class _Analysis:
     def ld_imm64(self, st: _State, pc: int, ins: I.Insn) -> None:
         if not ins.is_ld_imm64() or pc + 1 >= len(self.insns):
             raise _GiveUp("legacy packet load or unknown load")
+        if ins.src == _BPF_PSEUDO_FUNC:
+            # The only pseudo ld_imm64 the verifier leaves in place: the
+            # kernel gives up on it.
+            raise _GiveUp("address of a callback (ld_imm64)")
         if ins.src or pc in self.pointer_imm64:
             # The kernel knows the address, but nothing it points to.
             self.set(st, ins.dst, UNKNOWN, "the address of a map or global")

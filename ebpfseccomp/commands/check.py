@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..cacheability import ArchCache, analyze_program, line_for
 from ..contract import Tier
-from ..elf import load_object
+from ..elf import Program, load_object
 from ..inspect import Report, check
+from ..syscalls import name as syscall_name
 
 DESCRIPTION = """\
 Check a BPF object against the rules the kernel's verifier applies to
@@ -28,6 +30,12 @@ and reports what needs privilege:
     kernel's tracing helpers, e.g. bpf_trace_printk: CAP_BPF + CAP_PERFMON)
   - CAP_BPF for BPF-to-BPF calls, loops, or more than 4096 instructions;
     with --unprivileged these are problems, as are pointer leaks
+
+and, for a loadable program, which syscalls the patched kernel's action cache
+will answer without running any filter (per arch: x86_64, and i386 when the
+kernel has IA32 emulation), and for the others the first instruction that
+made them uncacheable, with its source line.  Decide allowed syscalls from
+nr before touching args, maps or helpers to keep them cached.
 
 Exit status: 0 loadable, 1 problems (one line each:
 "OBJ.o:insn 12 (filter.c:33): what is wrong; what to change") or an
@@ -66,7 +74,53 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="apply the rules for a loader without CAP_BPF (4096 insns, no loops, "
         "no subprograms, no tracing helpers, no pointer leaks)",
     )
+    p.add_argument(
+        "--all-syscalls",
+        action="store_true",
+        help="list every syscall that is not cached (default: the first ones per reason)",
+    )
     p.set_defaults(func=run)
+
+
+#: names listed per reason in the text report, unless --all-syscalls
+LIST_LIMIT = 12
+
+
+def _sname(arch: str, nr: int) -> str:
+    n = syscall_name(nr, arch) if arch == "x86_64" else None
+    return n if n is not None else f"#{nr}"
+
+
+def format_cache(prog: Program, caches: list[ArchCache], all_syscalls: bool = False) -> list[str]:
+    """The cache section of the text report."""
+    lines = []
+    for c in caches:
+        label = c.arch if c.arch == "x86_64" else f"{c.arch} (compat: kernels with IA32 emulation)"
+        cached = c.cached
+        names = " ".join(_sname(c.arch, nr) for nr in cached)
+        if len(cached) == c.nr_count:
+            lines.append(f"  cache {label}: all {c.nr_count} syscalls served from the cache")
+            continue
+        if not all_syscalls and len(cached) > 2 * LIST_LIMIT:
+            names = "all but the ones below"
+        lines.append(
+            f"  cache {label}: {len(cached)} of {c.nr_count} syscalls served from the cache"
+            + (f": {names}" if cached else "")
+        )
+        groups: dict[tuple[int | None, str], list[int]] = {}
+        for nr, o in enumerate(c.outcomes):
+            if not o.cached:
+                groups.setdefault((o.insn, o.reason), []).append(nr)
+        for (insn, reason), nrs in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            where = f"insn {insn}" if insn is not None else "program"
+            line = line_for(prog, insn)
+            if line is not None:
+                where += f" ({line})"
+            shown = nrs if all_syscalls else nrs[:LIST_LIMIT]
+            listed = " ".join(_sname(c.arch, nr) for nr in shown)
+            more = f" and {len(nrs) - len(shown)} more" if len(shown) < len(nrs) else ""
+            lines.append(f"    not cached, {where}: {reason}: {listed}{more}")
+    return lines
 
 
 def format_report(report: Report) -> str:
@@ -121,10 +175,27 @@ def run(args: argparse.Namespace) -> int:
     obj = load_object(args.object)
     names = [args.program] if args.program or len(obj.programs) < 2 else \
         [p.name for p in obj.programs]  # several programs: check them all
-    reports = [check(obj, name, unprivileged=args.unprivileged) for name in names]
+    outs: list[dict[str, object]] = []
+    texts: list[str] = []
+    ok = True
+    for name in names:
+        report = check(obj, name, unprivileged=args.unprivileged)
+        prog = obj.program(name)
+        caches = analyze_program(prog) if report.loadable else []
+        ok = ok and report.loadable
+        if args.json:
+            out = report.to_dict()
+            out["cache"] = {
+                c.arch: c.to_dict(lambda i, prog=prog: line_for(prog, i)) for c in caches
+            }
+            outs.append(out)
+        else:
+            text = format_report(report).split("\n")
+            # the cache section goes before the verdict line
+            texts.append("\n".join(text[:-1] + format_cache(prog, caches, args.all_syscalls)
+                                   + text[-1:]))
     if args.json:
-        data = [r.to_dict() for r in reports]
-        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        print(json.dumps(outs[0] if len(outs) == 1 else outs, indent=2))
     else:
-        print("\n\n".join(format_report(r) for r in reports))
-    return 0 if all(r.loadable for r in reports) else 1
+        print("\n\n".join(texts))
+    return 0 if ok else 1

@@ -18,7 +18,7 @@ from . import __version__
 from .errors import EbpfSeccompError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("build", "check", "disasm", "emulate", "probe", "load", "run", "daemon")
+COMMANDS = ("convert", "build", "check", "disasm", "emulate", "probe", "load", "run", "daemon")
 
 DESCRIPTION = """\
 eBPF seccomp filters: write a filter in restricted C, then

@@ -25,6 +25,10 @@ TAX, TXA = 0x00, 0x80
 _M32 = 0xFFFFFFFF
 
 
+def _bad(code: int, pc: int) -> EmulationError:
+    return EmulationError(f"cBPF opcode 0x{code:02x} not allowed in seccomp at insn {pc}")
+
+
 def seccomp_data(nr: int, arch: int, args: tuple[int, ...], ip: int = 0) -> bytes:
     return struct.pack("<II Q 6Q", nr & _M32, arch & _M32, ip, *(a & (2**64 - 1) for a in args))
 
@@ -55,7 +59,7 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
             elif mode == LEN:
                 a = len(data)
             else:
-                raise EmulationError(f"cBPF opcode 0x{code:02x} not allowed in seccomp at insn {pc - 1}")
+                raise _bad(code, pc - 1)
         elif cls == LDX:
             mode = code & 0xE0
             if mode == IMM:
@@ -65,7 +69,7 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
             elif mode == LEN:
                 x = len(data)
             else:
-                raise EmulationError(f"cBPF opcode 0x{code:02x} not allowed in seccomp at insn {pc - 1}")
+                raise _bad(code, pc - 1)
         elif cls == ST:
             mem[k] = a
         elif cls == STX:
@@ -126,3 +130,46 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
         else:  # pragma: no cover - all eight classes handled
             raise EmulationError(f"cBPF opcode 0x{code:02x} at insn {pc - 1}")
     raise EmulationError("cBPF program ran off its end")
+
+
+_JOPS = {JEQ: "jeq", JGT: "jgt", JGE: "jge", JSET: "jset"}
+_AOPS = {0x00: "add", 0x10: "sub", 0x20: "mul", 0x30: "div", 0x40: "or", 0x50: "and",
+         0x60: "lsh", 0x70: "rsh", 0x80: "neg", 0x90: "mod", 0xA0: "xor"}
+_FIELDS = {0: "nr", 4: "arch", 8: "ip_lo", 12: "ip_hi"}
+
+
+def _field(k: int) -> str:
+    if k in _FIELDS:
+        return _FIELDS[k]
+    if 16 <= k < 64 and k % 4 == 0:
+        i, half = divmod(k - 16, 8)
+        return f"args[{i}]_{'hi' if half else 'lo'}"
+    return f"[{k}]"
+
+
+def disasm(insns: list[tuple[int, int, int, int]]) -> str:
+    """A readable listing of a seccomp cBPF program (seccomp_data fields named)."""
+    out = []
+    for pc, (code, jt, jf, k) in enumerate(insns):
+        cls = code & 0x07
+        if cls == RET:
+            text = "ret A" if code & 0x18 == A_RET else f"ret 0x{k:08x}"
+        elif cls == LD and code & 0xE0 == ABS:
+            text = f"ld {_field(k)}"
+        elif cls == LD:
+            text = f"ld #{k:#x}" if code & 0xE0 == IMM else f"ld M[{k}]"
+        elif cls == LDX:
+            text = f"ldx #{k:#x}" if code & 0xE0 == IMM else f"ldx M[{k}]"
+        elif cls in (ST, STX):
+            text = f"{'st' if cls == ST else 'stx'} M[{k}]"
+        elif cls == ALU:
+            text = f"{_AOPS.get(code & 0xF0, '?')} {'x' if code & X else f'#{k:#x}'}"
+        elif cls == JMP and code & 0xF0 == JA:
+            text = f"ja {pc + 1 + k}"
+        elif cls == JMP:
+            src = "x" if code & X else f"#{k:#x}"
+            text = f"{_JOPS.get(code & 0xF0, '?')} {src}, {pc + 1 + jt}, {pc + 1 + jf}"
+        else:
+            text = "txa" if code & 0xF8 == TXA else "tax"
+        out.append(f"{pc:4}: {text}")
+    return "\n".join(out)

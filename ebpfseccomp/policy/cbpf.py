@@ -50,7 +50,7 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
             mode = code & 0xE0
             if mode == ABS and code & 0x18 == W:
                 if k % 4 or k + 4 > len(data):
-                    raise EmulationError(f"cBPF load at offset {k} of seccomp_data at insn {pc - 1}")
+                    raise EmulationError(f"cBPF load at offset {k} of seccomp_data, insn {pc - 1}")
                 a = struct.unpack_from("<I", data, k)[0]
             elif mode == IMM:
                 a = k

@@ -34,7 +34,8 @@ def seccomp_data(nr: int, arch: int, args: tuple[int, ...], ip: int = 0) -> byte
 
 
 def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
-        args: tuple[int, ...] = (0,) * 6, ip: int = 0) -> int:
+        args: tuple[int, ...] = (0,) * 6, ip: int = 0, trace: list[int] | None = None) -> int:
+    """The verdict; TRACE, if a list, receives the index of every instruction executed."""
     data = seccomp_data(nr, arch, args, ip)
     a = x = 0
     mem = [0] * 16
@@ -42,6 +43,8 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
     n = len(insns)
     while pc < n:
         code, jt, jf, k = insns[pc]
+        if trace is not None:
+            trace.append(pc)
         pc += 1
         cls = code & 0x07
         if cls == RET:
@@ -173,3 +176,46 @@ def disasm(insns: list[tuple[int, int, int, int]]) -> str:
             text = "txa" if code & 0xF8 == TXA else "tax"
         out.append(f"{pc:4}: {text}")
     return "\n".join(out)
+
+
+def accumulator_sources(insns: list[tuple[int, int, int, int]]) -> list[set]:
+    """For each instruction, what the accumulator may hold when it runs, over all paths.
+
+    A source is the seccomp_data offset last loaded (with any ALU steps since),
+    "imm", "mem" or "init".  Seccomp cBPF only jumps forward, so one pass in
+    order sees every predecessor first.
+    """
+    n = len(insns)
+    sources: list[set] = [set() for _ in range(n + 1)]
+    if n:
+        sources[0].add("init")
+    for pc, (code, jt, jf, k) in enumerate(insns):
+        here = sources[pc]
+        cls = code & 0x07
+        if cls == RET or not here:
+            continue
+        if cls == LD:
+            mode = code & 0xE0
+            after = {("abs", k)} if mode == ABS else {"imm"} if mode == IMM else {"mem"}
+        elif cls == ALU:
+            after = {(s, code, k) for s in here}
+        elif cls == MISC and code & 0xF8 == TXA:
+            after = {"x"}
+        else:
+            after = set(here)
+        if cls == JMP:
+            targets = [pc + 1 + k] if code & 0xF0 == JA else [pc + 1 + jt, pc + 1 + jf]
+        else:
+            targets = [pc + 1]
+        for t in targets:
+            if t < n:
+                sources[t] |= after
+    return sources[:n]
+
+
+def ambiguous_jumps(insns: list[tuple[int, int, int, int]]) -> set[int]:
+    """Conditional jumps that compare an accumulator loaded from different fields on
+    different paths: a generator bug (the comparison means something else on one path)."""
+    srcs = accumulator_sources(insns)
+    return {pc for pc, (code, _jt, _jf, _k) in enumerate(insns)
+            if code & 0x07 == JMP and code & 0xF0 != JA and len(srcs[pc]) > 1}

@@ -11,6 +11,7 @@
   negative 32-bit int sign-extended to 64 bits, at the mask's edges
   (value | ~mask, value & mask, the mask itself), combined across the
   compared arguments; the other arguments at 0 and at random values;
+  (at most PRODUCT_CAP combinations per syscall);
 * then random calls (random numbers, random boundary mixes) up to MINIMUM.
 
 The same stream feeds the host differential test and (a sample of it) the
@@ -76,7 +77,8 @@ def _numbers(arch: str) -> list[int]:
     return sorted(nums)
 
 
-def generate(plan: Plan, minimum: int = 100_000, seed: int = 0) -> Iterator[Call]:
+def generate(plan: Plan, minimum: int = 100_000, seed: int = 0,
+             product_cap: int = 60_000) -> Iterator[Call]:
     rng = random.Random(seed)
     count = 0
     arches = _arches(plan)
@@ -94,7 +96,7 @@ def generate(plan: Plan, minimum: int = 100_000, seed: int = 0) -> Iterator[Call
         indexes = sorted({c.index for br in sp.branches for c in br.conds})
         per = {i: boundary_values(plan, i, nr) for i in indexes}
         combos = itertools.product(*(per[i] for i in indexes))
-        for combo in itertools.islice(combos, 60_000):
+        for combo in itertools.islice(combos, product_cap):
             args = [0] * 6
             for i, v in zip(indexes, combo, strict=True):
                 args[i] = v

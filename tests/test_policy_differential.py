@@ -126,7 +126,7 @@ GENERATED_CALLS = 5_000
 
 
 @pytest.mark.slow
-@settings(max_examples=40, deadline=None,
+@settings(max_examples=25, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_generated_profiles_equal_libseccomp(data: st.DataObject, tmp_path_factory) -> None:

@@ -9,6 +9,7 @@ others, every argument at its boundaries).  Zero disagreements allowed.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def _check(report: differential.Report, minimum: int, real: bool = False) -> Non
         # there its filter and ours agree on every call.
         assert report.ambiguous_jumps == 0
         assert report.libseccomp_stale_accumulator == 0
+        assert report.libseccomp_tree_merge == 0
 
 
 CASES = [("x86_64", None), ("x86_64", "all"), ("aarch64", "none")]
@@ -126,7 +128,7 @@ GENERATED_CALLS = 5_000
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None,
+@settings(max_examples=150, deadline=None, derandomize=not os.environ.get("POLICY_RANDOM"),
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_generated_profiles_equal_libseccomp(data: st.DataObject, tmp_path_factory) -> None:
@@ -147,17 +149,21 @@ def test_generated_profiles_equal_libseccomp(data: st.DataObject, tmp_path_facto
         # Only one refusal is expected from a valid profile: overlapping rules
         # with different actions (libseccomp's answer depends on its tree).
         assert "can both match the same call" in exc.message, exc.render()
+        _TOTALS["refused"] += 1
         return
     _check(report, GENERATED_CALLS)
     _TOTALS["profiles"] += 1
     _TOTALS["calls"] += report.compared
     _TOTALS["stale"] += report.libseccomp_stale_accumulator
+    _TOTALS["tree"] += report.libseccomp_tree_merge
 
 
-_TOTALS = {"profiles": 0, "calls": 0, "stale": 0}
+_TOTALS = {"profiles": 0, "calls": 0, "stale": 0, "tree": 0, "refused": 0}
 
 
 @pytest.mark.slow
 def test_generated_profiles_summary() -> None:
     """Runs after the property test (file order): prints what it compared."""
     print(f"generated profiles: {_TOTALS}")
+    if _TOTALS["profiles"]:
+        assert _TOTALS["calls"] >= 100_000

@@ -11,6 +11,7 @@ from ..policy import cbpf
 from ..policy.convert import classic_program, select_profile, source, write
 from ..policy.model import NATIVE, PolicyError
 from ..policy.semantics import compile as compile_plan
+from ..policy.semantics import libseccomp_tree_risk
 
 DESCRIPTION = """\
 Convert a container runtime's seccomp profile (the OCI runtime-spec
@@ -91,6 +92,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"ebpfseccomp convert: warning: {a} is not converted yet: its calls get the "
               "bad-architecture action (KILL), in the eBPF and the classic filter alike",
               file=sys.stderr)
+    for ap in plan.arches:
+        for audit, nr in sorted(libseccomp_tree_risk(plan)):
+            if audit == ap.audit:
+                print(f"ebpfseccomp convert: warning: {ap.syscalls[nr].name} on {ap.name}: "
+                      "several rules compare one argument with an order operator; "
+                      "libseccomp 2.5's classic filter may then decide otherwise than the "
+                      "profile (docs/policies.md); the eBPF filter follows the profile",
+                      file=sys.stderr)
     classic = None
     out: str | None = args.output
     if args.classic:

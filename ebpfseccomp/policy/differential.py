@@ -50,6 +50,11 @@ class Report:
     libseccomp_stale_accumulator: int = 0
     stale_examples: list[Disagreement] = field(default_factory=list)
     ambiguous_jumps: int = 0
+    #: calls of syscalls whose rules libseccomp 2.5's rule tree merges wrongly
+    #: (semantics.libseccomp_tree_risk) where its answer is not the profile's;
+    #: the eBPF filter and the plan agreed on them
+    libseccomp_tree_merge: int = 0
+    tree_examples: list[Disagreement] = field(default_factory=list)
 
 
 def compare(sel: model.Selection, minimum: int = 100_000, seed: int = 0,
@@ -61,6 +66,7 @@ def compare(sel: model.Selection, minimum: int = 100_000, seed: int = 0,
         obj = write(plan, Path(tmp) / "profile.o")
         emu = Emulator(load_object(str(obj)))
     ambiguous = cbpf.ambiguous_jumps(classic.insns)
+    risky = semantics.libseccomp_tree_risk(plan)
     report = Report(classic_insns=len(classic.insns), ambiguous_jumps=len(ambiguous))
     stream = calls if calls is not None else inputs.generate(plan, minimum, seed, product_cap)
     for arch, nr, args in stream:
@@ -79,6 +85,11 @@ def compare(sel: model.Selection, minimum: int = 100_000, seed: int = 0,
                     if len(report.stale_examples) < 5:
                         report.stale_examples.append(Disagreement(arch, nr, args, e, k, r))
                     continue
+            if e == r and (arch, nr & 0xFFFFFFFF) in risky:
+                report.libseccomp_tree_merge += 1
+                if len(report.tree_examples) < 5:
+                    report.tree_examples.append(Disagreement(arch, nr, args, e, k, r))
+                continue
             report.disagreements += 1
             if len(report.examples) < 20:
                 report.examples.append(Disagreement(arch, nr, args, e, k, r))

@@ -226,3 +226,30 @@ def compile(sel: Selection) -> Plan:  # noqa: A001 - the verb is the point
                               syscalls=dict(sorted(per.items())),
                               x32_filter=(scmp == "SCMP_ARCH_X86_64")))
     return Plan(default=default, bad_arch=BAD_ARCH_ACTION, arches=plans, selection=sel)
+
+
+ORDER_OPS = frozenset({"GT", "GE", "LT", "LE"})
+
+
+def libseccomp_tree_risk(plan: Plan) -> set[tuple[int, int]]:
+    """(AUDIT_ARCH, nr) of syscalls whose rules libseccomp 2.5 may merge wrongly.
+
+    Two argument rules of one syscall that compare the same argument, one of
+    them with an order operator (GT, GE, LT, LE): libseccomp's rule tree then
+    can drop one rule (`_db_tree_prune` takes the wider rule for redundant)
+    or join the chains so that a failed comparison continues into the other
+    rule (docs/policies.md, "Where libseccomp's filter is wrong").  The eBPF
+    filter follows the profile; `convert` warns about these syscalls.
+    """
+    risky: set[tuple[int, int]] = set()
+    for ap in plan.arches:
+        for sp in ap.syscalls.values():
+            seen: dict[int, set[str]] = {}
+            for br in sp.branches:
+                for c in br.conds:
+                    seen.setdefault(c.index, set())
+            for index in seen:
+                ops = [c.op for br in sp.branches for c in br.conds if c.index == index]
+                if len(ops) >= 2 and ORDER_OPS.intersection(ops):
+                    risky.add((ap.audit, sp.nr))
+    return risky

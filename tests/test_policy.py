@@ -203,3 +203,30 @@ def test_cli_convert_c_o_and_classic(tmp_path: Path, capsys: pytest.CaptureFixtu
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bpf.stat().st_size == 8 * doc["classic_insns"]
     assert doc["dropped_architectures"] == ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+
+
+@needs_clang
+def test_libseccomp_tree_merge_deviation_is_classified_not_hidden() -> None:
+    """Two rules comparing one argument with GT: libseccomp 2.5.4 drops the wider one."""
+    try:
+        libseccomp.library()
+    except libseccomp.LibseccompError as exc:
+        pytest.skip(str(exc))
+    from ebpfseccomp.policy import differential
+
+    def a(i: int, v: int, op: str) -> dict:
+        return {"index": i, "value": v, "op": "SCMP_CMP_" + op}
+
+    prof = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["sched_setparam"], "action": "SCMP_ACT_LOG", "args": [a(0, 247, "GT")]},
+        {"names": ["sched_setparam"], "action": "SCMP_ACT_LOG",
+         "args": [a(4, 0x80000000, "LE"), a(0, 130, "GT")]}]}
+    sel = model.select(model.parse(json.dumps(prof)), caps=())
+    plan = semantics.compile(sel)
+    assert (0xC000003E, 142) in semantics.libseccomp_tree_risk(plan)
+    call = (0xC000003E, 142, (200, 0, 0, 0, 0, 0))
+    assert plan.decide(*call) == 0x7FFC0000  # the second rule matches: LOG
+    report = differential.compare(sel, calls=[call])
+    assert report.disagreements == 0
+    if cbpf.run(libseccomp.build(sel).insns, *call) != plan.decide(*call):
+        assert report.libseccomp_tree_merge == 1

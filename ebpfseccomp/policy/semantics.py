@@ -215,13 +215,15 @@ def compile(sel: Selection) -> Plan:  # noqa: A001 - the verb is the point
                     continue
                 br = Branch(rule=rule, conds=tuple(conds), action=rule.action)
                 if not conds:
+                    # libseccomp has added the argument rules before (or
+                    # refused them, -EEXIST): check them before they go.
+                    _check_conflicts(sp, name)
                     sp.whole = br
                     sp.branches = []
                     continue
                 sp.branches.append(br)
         for sp in per.values():
-            if sp.whole is None:
-                _check_conflicts(sp, name)
+            _check_conflicts(sp, name)
         plans.append(ArchPlan(scmp=scmp, name=name, audit=ARCHES[scmp][0], width=width,
                               syscalls=dict(sorted(per.items())),
                               x32_filter=(scmp == "SCMP_ARCH_X86_64")))

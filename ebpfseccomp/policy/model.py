@@ -483,8 +483,10 @@ def select(profile: Profile, arch: str = "x86_64", caps: tuple[str, ...] = DEFAU
         wanted = list(profile.architectures)
     else:
         wanted = [native]
-    # A filter for another native ABI never runs on this one.
-    arches = [native] if native in wanted or not profile.arch_map else [native]
+    # Only the native ABI is converted (semantics.SUPPORTED); the others the
+    # profile wants are reported and left out of both filters: their calls get
+    # the bad-architecture action (kill), never more than the profile allows.
+    arches = [native]
     dropped = [a for a in wanted if a != native]
     sel = Selection(profile=profile, native=native, arches=arches, dropped_arches=dropped,
                     rules=[], caps=tuple(caps), kernel=kernel)

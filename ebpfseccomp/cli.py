@@ -21,10 +21,18 @@ from . import __version__
 from .errors import EbpfSeccompError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("build", "check", "disasm", "emulate", "syscalls", "probe", "load", "run", "daemon")
+COMMANDS = ("convert", "build", "check", "disasm", "emulate", "syscalls", "probe", "load", "run",
+            "daemon")
 
 DESCRIPTION = """\
-eBPF seccomp filters: write a filter in restricted C, then
+eBPF seccomp filters.  Start from the seccomp profile your container runtime
+already uses:
+
+  ebpfseccomp convert seccomp.json -o filter.o    OCI/Docker profile -> eBPF filter
+  ebpfseccomp run --profile seccomp.json -- CMD   attach it (or libseccomp's classic
+                                                  filter where eBPF is not supported)
+
+or write a filter in restricted C, then
 
   ebpfseccomp build filter.c -o filter.o     compile it (clang -target bpf)
   ebpfseccomp check filter.o                 will the kernel's verifier take it?

@@ -21,6 +21,12 @@ Run CMD under an eBPF seccomp filter.  The filter comes from one of:
                     `ebpfseccomp load OBJ.o --pin PATH --mode 0644`: attaching
                     needs no privilege at all
   --daemon NAME     a program the loader daemon (ebpfseccompd) hands out
+  --profile P.json  a container runtime's seccomp profile (OCI/Docker JSON),
+                    converted now (`ebpfseccomp convert`); --backend chooses
+                    the eBPF filter (patched kernel), libseccomp's classic
+                    filter for the same profile (any kernel), or auto: eBPF
+                    when this kernel runs it and you may load it, else classic.
+                    run says on stderr which one it attached.
 
 Then run sets no_new_privs (so that no privilege is needed to attach, and
 CMD cannot gain privilege through setuid binaries), attaches the program with
@@ -50,6 +56,7 @@ examples:
   ebpfseccomp run -f counter.o --map limits:openat=100 -- make
   ebpfseccomp run --pinned /sys/fs/bpf/sandbox -- ./untrusted
   ebpfseccomp run --daemon sandbox --flag tsync -- python3 app.py
+  ebpfseccomp run --profile /usr/share/containers/seccomp.json -- sh -c 'ls /'
 """
 
 
@@ -61,6 +68,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("-f", "--file", metavar="OBJ.o", help="load this object now")
     src.add_argument("--pinned", metavar="PATH", help="attach a program pinned in bpffs")
     src.add_argument("--daemon", metavar="NAME", help="ask the loader daemon for program NAME")
+    src.add_argument("--profile", metavar="PROFILE.json",
+                     help="convert this OCI/Docker seccomp profile and attach it")
+    p.add_argument("--backend", choices=("auto", "ebpf", "classic"), default="auto",
+                   help="with --profile: which filter to attach (default: auto)")
+    p.add_argument("--caps", metavar="CAP,...",
+                   help="with --profile: the capabilities includes/excludes see "
+                   "(default: Docker's default set)")
     p.add_argument("--program", metavar="NAME", help="which program, if the object has several")
     p.add_argument("--flag", action="append", default=[], choices=sorted(USER_FLAGS),
                    metavar="FLAG", help="seccomp(2) flag: " + ", ".join(USER_FLAGS))
@@ -123,9 +137,68 @@ def close_fds_except_std() -> None:
                 pass
 
 
+def _choose_backend(wanted: str) -> tuple[str, str]:
+    """(backend, why) for --backend WANTED."""
+    if wanted != "auto":
+        return wanted, "--backend " + wanted
+    from ..attach import probe
+
+    support = probe()
+    if not support.supported:
+        return "classic", f"kernel {support.release} does not run eBPF seccomp filters"
+    if not support.can_load:
+        return "classic", ("kernel.unprivileged_bpf_disabled="
+                           f"{support.unprivileged_bpf_disabled} and no CAP_BPF")
+    return "ebpf", f"kernel {support.release} runs eBPF seccomp filters"
+
+
+def _attach_profile(args: argparse.Namespace, flags: int) -> None:
+    """Convert --profile and attach the chosen backend's filter to this process."""
+    import tempfile
+
+    from ..attach import flags_value as _fv
+    from ..policy.convert import classic_program, select_profile, write
+    from ..policy.model import FLAGS
+    from ..policy.semantics import compile as compile_plan
+    from ..sys import seccomp_attach_cbpf, set_no_new_privs
+
+    if args.map:
+        raise UsageError("--map does not apply to --profile (a converted profile has no maps)")
+    sel = select_profile(args.profile, caps=args.caps)
+    plan = compile_plan(sel)
+    flags |= _fv([FLAGS[f] for f in sel.profile.flags if f in FLAGS])
+    backend, why = _choose_backend(args.backend)
+    if backend == "ebpf":
+        with tempfile.TemporaryDirectory(prefix="ebpfseccomp-run-") as tmp:
+            obj = write(plan, f"{tmp}/profile.o")
+            prog = load(str(obj), None, check=not args.no_check)
+        try:
+            if args.verbose:
+                _verbose(prog)
+            prog.attach(flags)
+        finally:
+            prog.close()
+        what = "eBPF filter"
+    else:
+        classic = classic_program(sel)
+        set_no_new_privs()
+        try:
+            seccomp_attach_cbpf(classic.bytes(), flags)
+        except OSError as exc:
+            raise EbpfSeccompError(f"cannot attach libseccomp's classic filter: "
+                                   f"{os.strerror(exc.errno or 0)}") from None
+        what = f"classic filter (libseccomp, {len(classic.insns)} instructions)"
+    print(f"ebpfseccomp run: {args.profile}: attached the {what} ({why})", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     cmd = _command(args)
     flags = flags_value(args.flag)
+    if args.profile:
+        _attach_profile(args, flags)
+        return _exec(cmd)
+    if args.backend != "auto" or args.caps:
+        raise UsageError("--backend and --caps go with --profile")
     maps = group_assignments(args.map)
     if args.file:
         prog = load(args.file, args.program, maps=maps, check=not args.no_check)
@@ -148,6 +221,10 @@ def run(args: argparse.Namespace) -> int:
         prog.attach(flags)
     finally:
         prog.close()
+    return _exec(cmd)
+
+
+def _exec(cmd: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     close_fds_except_std()

@@ -89,8 +89,8 @@ def test_cli_bad_profile_exits_1_with_path_and_writes_nothing(
     assert "Traceback" not in err
     assert not out.exists()
     assert main(["convert", str(bad), "--json"]) == 1
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["path"] == "syscalls[0].args[0].op"
+    doc = json.loads(capsys.readouterr().out)  # cli.main: errors as JSON with --json
+    assert doc["path"] == f"{bad}: syscalls[0].args[0].op" and doc["exit_status"] == 1
 
 
 def test_cli_not_json_no_traceback(tmp_path: Path) -> None:

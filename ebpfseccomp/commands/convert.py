@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
                              kernel=args.kernel_version)
         plan = compile_plan(sel)
     except PolicyError as exc:
-        if args.json:
-            print(json.dumps({"error": exc.message, "path": exc.path, "hint": exc.hint}))
+        # with --json, cli.main prints the error as JSON on stdout too
         if exc.path and exc.path != args.profile and not exc.path.startswith("--"):
             raise PolicyError(exc.message, path=f"{args.profile}: {exc.path}",
                               hint=exc.hint) from None

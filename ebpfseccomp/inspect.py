@@ -1310,12 +1310,13 @@ class _Checker:
                 self._check_ptr_alu(i, ins, st)
             elif ins.is_exit() and self._subprog_of(i) == 0:
                 r0 = st.reg(0)
-                if r0 == UNINIT:
+                if ("uninit",) in r0:
                     self.problem(
                         i,
                         "r0-uninit",
-                        "R0 !read_ok: the program exits without setting a return value",
-                        "return a SECCOMP_RET_* value",
+                        "R0 !read_ok: the program may exit without setting a return value "
+                        "(on some path)",
+                        "return a SECCOMP_RET_* value on every path",
                     )
                 elif any(_is_pointer(p) for p in r0):
                     if self.unprivileged:
@@ -1379,6 +1380,10 @@ class _Checker:
                     f"R{ins.dst} bitwise operator {name} on pointer ({desc}) prohibited",
                     "only add or subtract constants to pointers",
                 )
+        elif ins.source == BPF_X and ins.op == BPF_ADD and \
+                any(_is_pointer(p) for p in st.reg(ins.src)):
+            self.problem(i, "ptr-alu", f"R{ins.dst} pointer += pointer prohibited",
+                         "add a scalar offset to a pointer, never another pointer")
         elif any(p[0] in ("mvn", "map", "func") for p in ptrs):
             self.problem(
                 i,

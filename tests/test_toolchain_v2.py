@@ -261,12 +261,17 @@ def test_trace_insns_single_steps(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "; AUDIT_ARCH_X86_64" in text and "r2=0xc000003e" in text and text.endswith("ALLOW\n")
 
 
+TWO_PROGRAMS = """\
+#include <ebpfseccomp/filter.h>
+SEC("seccomp/a") int a(struct seccomp_data *c) { return SECCOMP_ALLOW; }
+SEC("seccomp/b") int b(struct seccomp_data *c) { return SECCOMP_ERRNO(EPERM); }
+SECCOMP_LICENSE("GPL");
+"""
+
+
 def test_check_covers_every_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "two.c"
-    src.write_text('#include <ebpfseccomp/filter.h>\n'
-                   'SEC("seccomp/a") int a(struct seccomp_data *c) { return SECCOMP_ALLOW; }\n'
-                   'SEC("seccomp/b") int b(struct seccomp_data *c) '
-                   '{ return SECCOMP_ERRNO(EPERM); }\nSECCOMP_LICENSE("GPL");\n')
+    src.write_text(TWO_PROGRAMS)
     obj = str(build(src))
     assert cli.main(["check", obj, "--json"]) == 0
     assert [r["program"] for r in json.loads(capsys.readouterr().out)] == ["a", "b"]
@@ -276,10 +281,7 @@ def test_check_covers_every_program(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_emulate_runs_every_program(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "two.c"
-    src.write_text('#include <ebpfseccomp/filter.h>\n'
-                   'SEC("seccomp/a") int a(struct seccomp_data *c) { return SECCOMP_ALLOW; }\n'
-                   'SEC("seccomp/b") int b(struct seccomp_data *c) '
-                   '{ return SECCOMP_ERRNO(EPERM); }\nSECCOMP_LICENSE("GPL");\n')
+    src.write_text(TWO_PROGRAMS)
     obj = str(build(src))
     assert cli.main(["emulate", obj, "--syscall", "getpid"]) == 0
     assert capsys.readouterr().out.splitlines() == ["a: ALLOW", "b: ERRNO(1)"]

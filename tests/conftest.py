@@ -177,6 +177,12 @@ def vm_run(config: pytest.Config) -> VmRun:
     return run
 
 
+@pytest.fixture
+def vm_results(request: pytest.FixtureRequest) -> Path:
+    """The results directory of this session's single VM run (booted if need be)."""
+    return vm_run(request.config).ensure().results
+
+
 class VmFailure(Exception):
     pass
 

@@ -37,9 +37,9 @@ def test_kernel_cache_is_sound_over_random_programs(request: pytest.FixtureReque
     if explicit:
         path = Path(explicit)
     else:
-        from conftest import vm_run
-
-        path = vm_run(request.config).ensure().results / soundness.ARTIFACT
+        # tests/conftest.py's fixture: importing "conftest" here could find
+        # tests/vm/conftest.py, which has the same module name
+        path = request.getfixturevalue("vm_results") / soundness.ARTIFACT
     if not path.exists():
         pytest.skip(f"no {path}: the VM run did not include tests/vm/test_cache.py")
     seed, count, results = soundness.load(path)

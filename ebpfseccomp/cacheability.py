@@ -9,12 +9,20 @@ instruction for instruction, so that `ebpfseccomp check` can say which
 syscalls will be cached and, for the others, the first instruction that made
 them uncacheable.
 
-Abstract values: a known scalar, a pointer to the context or to the frame
-with a known offset, or unknown.  The analysis gives up (not cacheable) on a
-conditional jump on an unknown value or a pointer, any call, a load from
-anything but the context or a tracked 8-byte stack slot, a store outside the
-stack, an atomic operation, an ld_imm64 that is not a plain constant (map
-and global pointers), an unknown opcode, or more than STEP_BUDGET steps.
+Abstract values: a known scalar, a pointer to the context, to the frame or
+into a read-only global (.rodata*) with a known offset, or unknown.  The
+analysis gives up (not cacheable) on a conditional jump on an unknown value
+or a pointer, any call, a load from anything but the context, a tracked
+8-byte stack slot or a read-only global, a store outside the stack, an
+atomic operation, the address of a map or of a writable global, an unknown
+opcode, or more than STEP_BUDGET steps.
+
+Read-only globals: libbpf creates .rodata* as array maps the program cannot
+write (BPF_F_RDONLY_PROG) and freezes them after filling them, so at attach
+time their bytes are those of the ELF section forever; the kernel reads them
+as constants (kernel-patches/0006, seccomp_ebpf_const_mem()).  The kernel
+also reads other frozen read-only array maps, through an array lookup the
+JIT inlines; this module does not model that (it reports the helper call).
 
 It runs on the instructions of the ELF object; the kernel runs on the
 verifier's rewrite of them.  The two agree except where the verifier proves
@@ -28,7 +36,7 @@ and a division by an unknown register gives up as the rewrite's guard does.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -61,16 +69,18 @@ class Kind(Enum):
     SCALAR = 1
     CTX = 2
     FP = 3
+    ROMEM = 4  # into the bytes of a read-only global
 
 
 @dataclass(frozen=True)
 class Val:
     kind: Kind
     val: int = 0  # scalar (unsigned 64-bit) or pointer offset (signed)
+    mem: bytes | None = None  # ROMEM: the global's bytes
 
     @property
     def is_ptr(self) -> bool:
-        return self.kind in (Kind.CTX, Kind.FP)
+        return self.kind in (Kind.CTX, Kind.FP, Kind.ROMEM)
 
 
 UNKNOWN = Val(Kind.UNKNOWN)
@@ -214,11 +224,17 @@ class _State:
     why: dict[int, str] = field(default_factory=dict)
 
 
+#: ld_imm64 index -> (bytes of the read-only global it points into, offset)
+ConstMem = Mapping[int, tuple[bytes, int]]
+
+
 class _Analysis:
-    def __init__(self, insns: Sequence[I.Insn], pointer_imm64: Iterable[int] = ()):
+    def __init__(self, insns: Sequence[I.Insn], pointer_imm64: Iterable[int] = (),
+                 const_mem: ConstMem | None = None):
         self.insns = insns
         # ld_imm64 slots that are map or global pointers (relocations)
         self.pointer_imm64 = frozenset(pointer_imm64)
+        self.const_mem = const_mem or {}
 
     def run(self, nr: int, audit_arch: int) -> Outcome:
         st = _State(ctx=struct.pack("<iI", _sext(nr & M32, 32), audit_arch & M32))
@@ -312,11 +328,11 @@ class _Analysis:
             return src
         if ins.op == I.BPF_ADD:
             if dst.is_ptr and src.kind == Kind.SCALAR:
-                return Val(dst.kind, _sext(dst.val + src.val, 64))
+                return Val(dst.kind, _sext(dst.val + src.val, 64), dst.mem)
             if src.is_ptr and dst.kind == Kind.SCALAR:
-                return Val(src.kind, _sext(src.val + dst.val, 64))
+                return Val(src.kind, _sext(src.val + dst.val, 64), src.mem)
         if ins.op == I.BPF_SUB and dst.is_ptr and src.kind == Kind.SCALAR:
-            return Val(dst.kind, _sext(dst.val - src.val, 64))
+            return Val(dst.kind, _sext(dst.val - src.val, 64), dst.mem)
         return UNKNOWN
 
     @staticmethod
@@ -343,6 +359,11 @@ class _Analysis:
                 self.set(st, ins.dst, UNKNOWN, f"{_ctx_field(off)} (not known for the cache)")
                 return
             raw = st.ctx[off : off + size]
+        elif base.kind == Kind.ROMEM and base.mem is not None:
+            off = base.val + ins.off
+            if off < 0 or off + size > len(base.mem):
+                raise _GiveUp("load outside a read-only global")
+            raw = base.mem[off : off + size]
         else:
             where = self.slot_of(base, ins.off, size)
             if where is None:
@@ -393,6 +414,11 @@ class _Analysis:
             # The only pseudo ld_imm64 the verifier leaves in place: the
             # kernel gives up on it.
             raise _GiveUp("address of a callback (ld_imm64)")
+        if pc in self.const_mem:
+            # A frozen map the program cannot write: its bytes are known.
+            data, off = self.const_mem[pc]
+            self.set(st, ins.dst, Val(Kind.ROMEM, off, data))
+            return
         if ins.src or pc in self.pointer_imm64:
             # The kernel knows the address, but nothing it points to.
             self.set(st, ins.dst, UNKNOWN, "the address of a map or global")
@@ -431,14 +457,15 @@ class _Analysis:
 
 
 def analyze_syscall(
-    insns: Sequence[I.Insn], nr: int, arch: str | int = "x86_64", pointer_imm64: Iterable[int] = ()
+    insns: Sequence[I.Insn], nr: int, arch: str | int = "x86_64", pointer_imm64: Iterable[int] = (),
+    const_mem: ConstMem | None = None,
 ) -> Outcome:
     """Whether the kernel caches syscall NR of ARCH for the program INSNS."""
     name = arch if isinstance(arch, str) else None
     audit = AUDIT_ARCH[arch] if isinstance(arch, str) else arch
     if name is not None and nr in EXCEPTIONS.get(name, frozenset()):
         return Outcome(True, None, "never filtered (the kernel's uprobe exception)")
-    return _Analysis(insns, pointer_imm64).run(nr, audit)
+    return _Analysis(insns, pointer_imm64, const_mem).run(nr, audit)
 
 
 @dataclass(frozen=True)
@@ -485,13 +512,14 @@ def analyze(
     insns: Sequence[I.Insn],
     arches: Iterable[str] = CACHE_ARCHES,
     pointer_imm64: Iterable[int] = (),
+    const_mem: ConstMem | None = None,
 ) -> list[ArchCache]:
     """The cache of every syscall of every arch the kernel keeps one for."""
     ptrs = frozenset(pointer_imm64)
     out = []
     for arch in arches:
         n = NR_COUNT[arch]
-        outcomes = tuple(analyze_syscall(insns, nr, arch, ptrs) for nr in range(n))
+        outcomes = tuple(analyze_syscall(insns, nr, arch, ptrs, const_mem) for nr in range(n))
         out.append(ArchCache(arch, n, outcomes))
     return out
 
@@ -507,6 +535,21 @@ def line_for(prog: Any, i: int | None) -> Any:
     return None
 
 
-def analyze_program(prog: Any, arches: Iterable[str] = CACHE_ARCHES) -> list[ArchCache]:
-    """analyze() for an elf.Program: its relocated ld_imm64 are pointers."""
-    return analyze(prog.insns, arches, (r.insn for r in prog.relocs))
+def read_only_globals(prog: Any, maps: Mapping[str, Any]) -> dict[int, tuple[bytes, int]]:
+    """The ld_imm64 of PROG that point into a read-only global (.rodata*), with
+    the global's bytes: what libbpf freezes before the program can be attached."""
+    out: dict[int, tuple[bytes, int]] = {}
+    for r in prog.relocs:
+        spec = maps.get(r.map)
+        if (r.kind == "global" and spec is not None and spec.is_global
+                and spec.name.startswith(".rodata") and spec.initial is not None):
+            out[r.insn] = (bytes(spec.initial), r.offset)
+    return out
+
+
+def analyze_program(prog: Any, maps: Mapping[str, Any],
+                    arches: Iterable[str] = CACHE_ARCHES) -> list[ArchCache]:
+    """analyze() for an elf.Program: its relocated ld_imm64 are pointers, and
+    those into read-only globals (MAPS: the object's) read as constants."""
+    return analyze(prog.insns, arches, (r.insn for r in prog.relocs),
+                   read_only_globals(prog, maps))

@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         report = check(obj, name, unprivileged=args.unprivileged)
         prog = obj.program(name)
-        caches = analyze_program(prog) if report.loadable else []
+        caches = analyze_program(prog, obj.maps) if report.loadable else []
         ok = ok and report.loadable
         if args.json:
             out = report.to_dict()

@@ -289,7 +289,8 @@ def test_check_predicts_kernel_cache(example: str, built: dict[str, Path], cache
     if not kernel_has_extended:
         pytest.skip("the running kernel lacks the eBPF seccomp patch")
     obj = load_object(str(built[example]))
-    predicted = {c.arch: set(c.cached) for c in cacheability.analyze_program(obj.program())}
+    predicted = {c.arch: set(c.cached)
+                 for c in cacheability.analyze_program(obj.program(), obj.maps)}
     with loader.load(built[example]) as prog:
         kernel = cache_of_attached(prog.fd)
     assert kernel, "empty seccomp_cache"

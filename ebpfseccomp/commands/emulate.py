@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..analysis.emulator import Emulator, Environment, Result, SyscallInput
 from ..contract import ACTIONS_WITH_DATA, AUDIT_ARCH, MAX_ERRNO, Action, Verdict
 from ..elf import load_object
-from ..emulate import Emulator, Environment, Result, SyscallInput
 from ..errors import EbpfSeccompError, UsageError
 from ..loader import encode, group_assignments, patch_global
 from ..syscalls import ARCHES
@@ -375,7 +375,7 @@ def dump_maps(emu: Emulator) -> dict[str, Any]:
 
 def print_steps(emu: Emulator, res: Result) -> None:
     """seccomp-tools emu style: each instruction as disasm shows it, and what it set."""
-    from ..inspect import _Disassembler
+    from ..analysis.disasm import _Disassembler
 
     dis = _Disassembler(emu.obj, emu.prog)
     insns = emu.prog.insns

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import btf as btfmod
+from ._gcpause import paused_gc
 from .btf import SourceLine
 from .errors import ObjectError
 from .insn import BPF_PSEUDO_CALL, INSN_SIZE, Insn, decode
@@ -768,13 +769,23 @@ class _Reader:
             placed[key] = base
             subprogs[base] = f.name
             sec_lines = self.lines.get(cs.sec.name, {})
+            insns.extend(cs.insns[f.start:f.end])
+            if len(sec_lines) < f.end - f.start:
+                lo, hi = f.start * INSN_SIZE, f.end * INSN_SIZE
+                for byte_off, line in sec_lines.items():
+                    if lo <= byte_off < hi and byte_off % INSN_SIZE == 0:
+                        lines[base + byte_off // INSN_SIZE - f.start] = line
+            else:
+                for k in range(f.start, f.end):
+                    line = sec_lines.get(k * INSN_SIZE)
+                    if line is not None:
+                        lines[base + k - f.start] = line
+            # only relocated instructions, calls and ld_imm64 need more than a copy
             for k in range(f.start, f.end):
                 ins = cs.insns[k]
+                if k not in cs.rels and ins.code not in _LINKED_CODES:
+                    continue
                 out = base + (k - f.start)
-                insns.append(ins)
-                line = sec_lines.get(k * INSN_SIZE)
-                if line is not None:
-                    lines[out] = line
                 reloc = self._data_reloc(cs, k, out)
                 if reloc is not None:
                     relocs.append(reloc)
@@ -816,8 +827,12 @@ class _Reader:
             insns=insns,
             relocs=relocs,
             subprogs=dict(sorted(subprogs.items())),
-            lines=lines,
+            lines=dict(sorted(lines.items())),
         )
+
+
+#: opcodes the linker looks at without a relocation: calls, ld_imm64
+_LINKED_CODES = frozenset({0x85, 0x18})
 
 
 def load_object(path: str | Path) -> BpfObject:
@@ -829,9 +844,10 @@ def load_object(path: str | Path) -> BpfObject:
         raise ObjectError("is a directory, not a BPF object", path=spath) from None
     except OSError as exc:
         raise ObjectError(f"cannot read: {exc.strerror or exc}", path=spath) from None
-    return _Reader(spath, data).read()
+    return load_object_bytes(data, spath)
 
 
 def load_object_bytes(data: bytes, path: str = "<bytes>") -> BpfObject:
     """Like load_object, for an object already in memory (tests, the daemon)."""
-    return _Reader(path, data).read()
+    with paused_gc():
+        return _Reader(path, data).read()

@@ -16,9 +16,12 @@ from ..insn import (
     BPF_ALU64,
     BPF_AND,
     BPF_ARSH,
+    BPF_CALL,
     BPF_DIV,
     BPF_END,
+    BPF_EXIT,
     BPF_JMP,
+    BPF_JMP32,
     BPF_K,
     BPF_LDX,
     BPF_LSH,
@@ -63,10 +66,10 @@ def check_arg_widths(ck: Checker) -> None:
     argument with a negative constant compares against the sign-extended
     0xffffffffffffff9c and does not match it."""
     for i, ins in enumerate(ck.insns):
-        if ins.cls != BPF_JMP or not cfg.is_cond_jump(ins) or ins.source != BPF_K:
+        if ins.imm >= 0 or ins.code & 0x0F != BPF_JMP | BPF_K or not cfg.is_cond_jump(ins):
             continue
         field_ = state.field_of(ck.states.get(i), ins.dst)
-        if not field_.startswith("args[") or ins.imm >= 0:
+        if not field_.startswith("args["):
             continue
         line = ck.line_for(i)
         at = f" ({line.file.rsplit('/', 1)[-1]}:{line.line})" if line else ""
@@ -97,10 +100,25 @@ def map_refs(ck: Checker) -> dict[str, dict[str, Any]]:
 def check_accesses(ck: Checker) -> None:
     """Memory accesses, pointer arithmetic, comparisons and leaks, helper map
     arguments, on the settled states."""
-    for i in sorted(ck.states):
-        st = ck.states[i]
-        ins = ck.insns[i]
-        cls = ins.cls
+    ptr_regs: dict[int, frozenset[int]] = {}  # id(state) -> registers that may hold pointers
+    insns, get_state = ck.insns, ck.states.get
+    for i in range(ck.n):  # in order: the notes follow the instructions
+        st = get_state(i)
+        if st is None:
+            continue
+        ins = insns[i]
+        code = ins.code
+        cls = code & 0x07
+        if (cls == BPF_JMP or cls == BPF_JMP32) and code & 0x08 == BPF_K \
+                and code & 0xF0 not in (BPF_CALL, BPF_EXIT):
+            continue  # a jump on a constant: nothing to check
+        if cls == BPF_ALU or cls == BPF_ALU64:
+            ptrs = ptr_regs.get(id(st))
+            if ptrs is None:
+                ptrs = ptr_regs[id(st)] = frozenset(
+                    r for r in range(11) if any(_is_pointer(p) for p in st.regs[r]))
+            if ins.dst not in ptrs and (code & 0x08 == BPF_K or ins.src not in ptrs):
+                continue  # no pointer involved
         if cls == BPF_LDX:
             _check_mem(ck, i, ins, st.reg(ins.src), ins.src, write=False)
         elif cls in (BPF_ST, BPF_STX):

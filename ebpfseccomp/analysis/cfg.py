@@ -5,14 +5,17 @@ need CAP_BPF) and loops the verifier cannot bound."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..insn import (
     BPF_CALL,
+    BPF_DW,
     BPF_EXIT,
     BPF_JA,
     BPF_JMP,
     BPF_JMP32,
+    BPF_LD,
+    BPF_PSEUDO_CALL,
     BPF_X,
     Insn,
 )
@@ -44,7 +47,9 @@ def is_cond_jump(ins: Insn) -> bool:
 def check_flow(ck: Checker) -> bool:
     ok = True
     starts = {0}
-    for i, ins in enumerate(ck.insns):
+    insns = ck.insns
+    for i in [i for i, ins in enumerate(insns) if ins.code in _CALL_OR_LD64]:
+        ins = insns[i]
         if i in ck.second_slot:
             continue
         target = None
@@ -71,14 +76,12 @@ def check_flow(ck: Checker) -> bool:
         ck.cap_bpf("BPF-to-BPF calls (subprograms)")
     # jumps stay inside their subprogram; the last insn is exit or ja
     bounds = ck.subprog_starts + [ck.n]
+    ck.targets = targets = _targets(insns, ck.second_slot)
     for k in range(len(ck.subprog_starts)):
         lo, hi = bounds[k], bounds[k + 1]
-        for i in range(lo, hi):
-            if i in ck.second_slot:
-                continue
-            ins = ck.insns[i]
-            t = jump_target(i, ins)
-            if t is not None and not lo <= t < hi:
+        for i in [i for i in targets if lo <= i < hi]:
+            t = targets[i]
+            if not lo <= t < hi:
                 name = ck.prog.subprogs.get(lo, f"subprogram at {lo}")
                 ck.problem(
                     i,
@@ -87,7 +90,7 @@ def check_flow(ck: Checker) -> bool:
                     "jumps must stay inside their function",
                 )
                 ok = False
-            elif t is not None and t in ck.second_slot:
+            elif t in ck.second_slot:
                 ck.problem(
                     i,
                     "jump-range",
@@ -110,27 +113,15 @@ def check_flow(ck: Checker) -> bool:
                 ok = False
     if not ok:
         return False
-    # check_cfg: DFS from insn 0 following jumps and calls
-    succ: dict[int, list[int]] = {}
-    for i, ins in enumerate(ck.insns):
-        if i in ck.second_slot:
-            continue
-        nxt = i + 2 if ins.is_ld_imm64() else i + 1
-        out: list[int] = []
-        if ins.is_exit():
-            pass
-        elif ins.cls in (BPF_JMP, BPF_JMP32) and ins.op == BPF_JA:
-            out.append(jump_target(i, ins))  # type: ignore[arg-type]
-        elif is_cond_jump(ins) and ins.op != BPF_JCOND:
-            out.extend([nxt, jump_target(i, ins)])  # type: ignore[list-item]
-        elif ins.is_pseudo_call():
-            out.extend([nxt, i + ins.imm + 1])
-        elif ins.is_ld_imm64() and ins.src == BPF_PSEUDO_FUNC:
-            out.extend([nxt, i + ins.imm + 1])
-        else:
-            out.append(nxt)
-        for t in out:
-            if not 0 <= t < ck.n:
+    # check_cfg: every successor in range, every instruction reachable, back-edges
+    succs = _successors(insns, ck.second_slot)
+    n = ck.n
+    # the jumps stay inside their subprogram (above), so only the calls and
+    # what falls through at the end can leave the program
+    for i in [i for i in range(max(n - 2, 0), n)] + [i for i in targets] + [
+            i for i, ins in enumerate(insns) if ins.code in _CALL_OR_LD64]:
+        for t in succs[i]:
+            if not 0 <= t < n:
                 ck.problem(
                     i,
                     "jump-range",
@@ -138,37 +129,24 @@ def check_flow(ck: Checker) -> bool:
                     "the program falls off its end; end it with `exit`",
                 )
                 return False
-        succ[i] = out
-    ck.succ = succ
+    ck.succs = succs
     ck.cfg_ok = True
-    state: dict[int, int] = {}  # 1 on stack, 2 done
-    back_edges: list[tuple[int, int]] = []
-    stack: list[tuple[int, int]] = [(0, 0)]
-    state[0] = 1
-    while stack:
-        node, k = stack[-1]
-        edges = succ.get(node, [])
-        if k < len(edges):
-            stack[-1] = (node, k + 1)
-            w = edges[k]
-            st = state.get(w, 0)
-            if st == 0:
-                state[w] = 1
-                stack.append((w, 0))
-            elif st == 1:
-                back_edges.append((node, w))
-        else:
-            state[node] = 2
-            stack.pop()
-    for i in range(ck.n):
-        if i not in ck.second_slot and i not in state:
-            ck.problem(
-                i,
-                "unreachable",
-                f"unreachable insn {i}",
-                "remove dead code (the kernel refuses unreachable instructions)",
-            )
-            ok = False
+    if any(t <= i for i, t in targets.items()) or len(ck.subprog_starts) > 1:
+        reached, back_edges = _dfs(succs, n)
+    else:  # every edge goes forward: no loop, and one sweep finds what is reached
+        reached, back_edges = _sweep(succs, n), []
+    for i in ck.second_slot:
+        reached[i] = 1
+    i = reached.find(0)
+    while i != -1:
+        ck.problem(
+            i,
+            "unreachable",
+            f"unreachable insn {i}",
+            "remove dead code (the kernel refuses unreachable instructions)",
+        )
+        ok = False
+        i = reached.find(0, i + 1)
     ck.back_edges = back_edges
     if back_edges:
         desc = ", ".join(f"{t}->{w}" for t, w in back_edges[:4])
@@ -233,3 +211,92 @@ def _register_bounded_exit(ck: Checker, head: int, tail: int) -> int | None:
             return i
     return None
 
+
+_CALL_OR_LD64 = frozenset({BPF_JMP | BPF_CALL, BPF_LD | BPF_DW})  # 0x85, 0x18
+
+
+def _targets(insns: list[Insn], second_slot: set[int]) -> dict[int, int]:
+    """Insn index -> branch target, for the jumps (not calls, not exits)."""
+    out: dict[int, int] = {}
+    for i, ins in enumerate(insns):
+        code = ins.code
+        cls = code & 0x07
+        if cls != BPF_JMP and cls != BPF_JMP32:
+            continue
+        op = code & 0xF0
+        if op == BPF_CALL or op == BPF_EXIT or i in second_slot:
+            continue
+        out[i] = i + (ins.imm if cls == BPF_JMP32 and op == BPF_JA else ins.off) + 1
+    return out
+
+
+def _successors(insns: list[Insn], second_slot: set[int]) -> list[tuple[int, ...]]:
+    """Per instruction, where control goes next (calls: the next instruction and
+    the callee; () for exits and the second slots of ld_imm64)."""
+    out: list[tuple[int, ...]] = []
+    append = out.append
+    none: tuple[int, ...] = ()
+    for i, ins in enumerate(insns):
+        code = ins.code
+        cls = code & 0x07
+        if cls == BPF_JMP or cls == BPF_JMP32:
+            op = code & 0xF0
+            if code == BPF_JMP | BPF_EXIT:
+                append(none)
+            elif op == BPF_JA:
+                append((i + (ins.imm if cls == BPF_JMP32 else ins.off) + 1,))
+            elif op != BPF_CALL and op != BPF_EXIT and op != BPF_JCOND:
+                append((i + 1, i + ins.off + 1))
+            elif code == BPF_JMP | BPF_CALL and ins.src == BPF_PSEUDO_CALL:
+                append((i + 1, i + ins.imm + 1))
+            else:
+                append((i + 1,))
+        elif code == BPF_LD | BPF_DW:  # ld_imm64
+            if ins.src == BPF_PSEUDO_FUNC:
+                append((i + 2, i + ins.imm + 1))
+            else:
+                append((i + 2,))
+        else:
+            append((i + 1,))
+    for i in second_slot:
+        out[i] = none
+    return out
+
+
+def _sweep(succs: list[tuple[int, ...]], n: int) -> bytearray:
+    """What is reached from insn 0 when every edge goes forward."""
+    reached = bytearray(n)
+    reached[0] = 1
+    for i, out in enumerate(succs):
+        if reached[i]:
+            for t in out:
+                reached[t] = 1
+    return reached
+
+
+def _dfs(succs: list[tuple[int, ...]], n: int) -> tuple[bytearray, list[tuple[int, int]]]:
+    """The kernel's check_cfg: depth-first from insn 0; an edge to an instruction
+    still on the DFS stack is a back-edge (a loop)."""
+    color = bytearray(n)  # 0 new, 1 on the stack, 2 done
+    back_edges: list[tuple[int, int]] = []
+    color[0] = 1
+    stack: list[list[Any]] = [[0, succs[0], 0]]
+    while stack:
+        top = stack[-1]
+        node, edges, k = top
+        if k < len(edges):
+            top[2] = k + 1
+            w = edges[k]
+            c = color[w]
+            if c == 0:
+                color[w] = 1
+                stack.append([w, succs[w], 0])
+            elif c == 1:
+                back_edges.append((node, w))
+        else:
+            color[node] = 2
+            stack.pop()
+    for i in range(n):
+        if color[i]:
+            color[i] = 1
+    return color, back_edges

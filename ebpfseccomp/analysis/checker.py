@@ -41,6 +41,7 @@ the verifier's complexity limit.
 
 from __future__ import annotations
 
+from .._gcpause import paused_gc
 from ..elf import BpfObject, Program, Reloc, SourceLine
 from . import access, cfg, encoding, helpers, limits, state
 from .report import HelperUse, Problem, Report
@@ -64,13 +65,15 @@ class Checker:
         self.helpers: dict[int, HelperUse] = {}
         self.maps_used: list[str] = []
         self.states: dict[int, _State] = {}
+        self.interned: dict[_State, _State] = {}  # the distinct states (state.dataflow)
         self.second_slot: set[int] = set()
         self.subprog_starts: list[int] = [0]
         self.stack_depth: dict[int, int] = {}
         self._seen: set[tuple[int | None, str]] = set()
         self.cfg_ok = False  # set once every edge of the control-flow graph is in range
-        self.succ: dict[int, list[int]] = {}  # control-flow successors (cfg)
+        self.succs: list[tuple[int, ...]] = []  # control-flow successors (cfg)
         self.back_edges: list[tuple[int, int]] = []
+        self.targets: dict[int, int] = {}  # jump -> its target (cfg)
         self.jump_targets: set[int] = set()
         self.total_stack = 0
 
@@ -157,4 +160,5 @@ def check(obj: BpfObject, program: str | None = None, *, unprivileged: bool = Fa
     no pointer leaks).  ObjectError if the program is absent or ambiguous.
     """
     prog = obj.program(program)
-    return Checker(obj, prog, unprivileged).run()
+    with paused_gc():
+        return Checker(obj, prog, unprivileged).run()

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .. import insn as I
 from ..contract import AUDIT_ARCH, MAX_BPF_STACK, Verdict
 from ..errors import EmulationError
 from .emumaps import ArrayMap, EmuMap
@@ -42,6 +43,10 @@ DEFAULT_BUDGET = 1_000_000
 MAX_CALL_FRAMES = 8  # kernel: MAX_CALL_FRAMES
 #: ELF sections ".rodata.init.<map>" hold <map>'s initial entries (maps.h)
 MAP_INIT_PREFIX = ".rodata.init."
+#: programs of up to this many blocks are translated at once, bigger ones a
+#: chunk of _CHUNK_BLOCKS at a time when execution first reaches it
+_EAGER_BLOCKS = 4096
+_CHUNK_BLOCKS = 512
 
 EPERM = 1
 EFAULT = 14
@@ -249,22 +254,25 @@ class Emulator:
         budget = self.budget
         pc = 0
         n = 0
+        back = -1  # the last block that jumped backwards (a loop's tail)
         steps: list[tuple[int, dict[int, int]]] = []
         trace = self.trace_insns
+        jump_at = self._plan.jump_at
         while pc >= 0:
             n += lens[pc]
             if n > budget:
-                raise EmulationError(
-                    f"instruction budget of {budget} exhausted at insn {pc}{self._describe(pc)} "
-                    "(an endless loop?)"
-                )
+                raise self._budget_error(pc, n, back)
+            f = funcs[pc] or self._translate_at(pc)
             if trace:
                 before = list(R)
                 at = pc
-                pc = funcs[pc](R)  # type: ignore[misc]
+                pc = f(R)
                 steps.append((at, {r: R[r] for r in range(11) if R[r] != before[r]}))
                 continue
-            pc = funcs[pc](R)  # type: ignore[misc]
+            t = f(R)
+            if 0 <= t <= pc and jump_at[pc] >= 0:
+                back = pc
+            pc = t
         r0 = R[0]
         return Result(Verdict(r0 & M32), n, calls, r0, steps)
 
@@ -320,10 +328,56 @@ class Emulator:
         tr = _Translator(self.prog, self._map_handle, self._global_addr, self._describe,
                          step=self.trace_insns)
         ns.update(self._runtime(tr.errors))
-        t = tr.translate(ns)
-        self._funcs = t.funcs
-        self._lens = t.lens
-        self.source = t.source
+        self._translator, self._ns = tr, ns
+        self._plan = plan = tr.plan()
+        self._funcs = plan.funcs
+        self._lens = plan.lens
+        if len(plan.leaders) <= _EAGER_BLOCKS:
+            tr.translate(ns, plan, 0, len(plan.leaders))
+
+    @property
+    def source(self) -> str:
+        """The Python source of the blocks translated so far."""
+        return self._plan.source
+
+    def _translate_at(self, pc: int) -> Callable[[list[int]], int]:
+        """Translate the block at PC and the blocks after it (a chunk)."""
+        plan = self._plan
+        first = bisect.bisect_left(plan.leaders, pc)
+        self._translator.translate(self._ns, plan, first, _CHUNK_BLOCKS)
+        f = plan.funcs[pc]
+        assert f is not None
+        return f
+
+    def _budget_error(self, pc: int, n: int, back: int) -> EmulationError:
+        """The budget ran out at PC after N instructions; BACK is the block that
+        last jumped backwards (-1: none): name that loop, with source lines."""
+        budget = self.budget
+        jump = self._plan.jump_at[back] if back >= 0 else -1
+        if jump < 0:
+            return EmulationError(
+                f"instruction budget of {budget} exhausted at insn {pc}{self._near(pc)} "
+                f"after {n - self._lens[pc]} instructions without taking a loop: the path "
+                "is longer than the budget; raise it (--budget)"
+            )
+        ins = self.prog.insns[jump]
+        target = jump + (ins.imm if ins.cls == I.BPF_JMP32 and ins.op == I.BPF_JA
+                         else ins.off) + 1
+        return EmulationError(
+            f"instruction budget of {budget} exhausted in the loop from insn {jump}"
+            f"{self._near(jump)} back to insn {target}{self._near(target)} (an endless "
+            "loop? or raise --budget)"
+        )
+
+    def _near(self, pc: int) -> str:
+        """' (file:line: text)' of the source line at or before PC, or ''."""
+        lines = getattr(self.prog, "lines", None) or {}
+        for j in range(pc, max(pc - 64, -1), -1):
+            sl = lines.get(j)
+            if sl is not None:
+                text = getattr(sl, "text", "").strip()
+                return f" ({sl.file}:{sl.line}{': ' + text if text else ''})"
+        return ""
 
     def _describe(self, pc: int) -> str:
         lines = getattr(self.prog, "lines", None) or {}

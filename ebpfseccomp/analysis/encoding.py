@@ -117,14 +117,33 @@ _ATOMIC_OPS = {
 def check_encoding(ck: Checker) -> bool:
     ok = True
     i = 0
-    while i < ck.n:
-        ins = ck.insns[i]
+    n, insns = ck.n, ck.insns
+    simple = _SIMPLE
+    while i < n:
+        ins = insns[i]
+        code = ins.code
+        if code in simple and not ins.src and ins.dst < 10 and (
+                code & 0x07 in (BPF_JMP, BPF_JMP32) or not ins.off):
+            i += 1  # the common case, valid by construction (what _check_insn accepts)
+            continue
         if ins.is_ld_imm64():
             ck.second_slot.add(i + 1)
         if not _check_insn(ck, i, ins):
             ok = False
         i += 2 if ins.is_ld_imm64() else 1
     return ok
+
+
+#: Conditional jumps on a constant, and ALU moves, additions and the like with
+#: a constant: with src 0, dst below r10 (and off 0 for the ALU ones) each is
+#: valid, whatever its imm.
+_SIMPLE = frozenset(
+    {cls | op | BPF_K for cls in (BPF_JMP, BPF_JMP32)
+     for op in (BPF_JEQ, BPF_JNE, BPF_JGT, BPF_JLT, BPF_JGE, BPF_JLE, BPF_JSGT, BPF_JSLT,
+                BPF_JSGE, BPF_JSLE, BPF_JSET)}
+    | {cls | op | BPF_K for cls in (BPF_ALU, BPF_ALU64)
+       for op in (BPF_ADD, BPF_SUB, BPF_AND, BPF_OR, BPF_XOR, BPF_MUL, BPF_MOV)}
+)
 
 
 def _bad(ck: Checker, i: int, message: str, fix: str = "") -> bool:

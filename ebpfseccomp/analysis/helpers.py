@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from .. import contract
 from ..contract import Tier
 from ..insn import (
+    BPF_CALL,
+    BPF_JMP,
     BPF_PSEUDO_KFUNC_CALL,
 )
 from .report import HelperUse
@@ -44,7 +46,9 @@ def check_helpers(ck: Checker) -> None:
     GPL-only helpers only with a GPL-compatible license, no kfuncs."""
     license = ck.obj.license
     gpl = license in GPL_COMPATIBLE
-    for i, ins in enumerate(ck.insns):
+    insns = ck.insns
+    for i in [i for i, ins in enumerate(insns) if ins.code == BPF_JMP | BPF_CALL]:
+        ins = insns[i]
         if i in ck.second_slot:
             continue
         if ins.is_call() and ins.src == BPF_PSEUDO_KFUNC_CALL:

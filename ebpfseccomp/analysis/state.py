@@ -19,9 +19,11 @@ from ..insn import (
     BPF_ALU,
     BPF_ALU64,
     BPF_ATOMIC,
+    BPF_CALL,
     BPF_CMPXCHG,
     BPF_DW,
     BPF_END,
+    BPF_EXIT,
     BPF_FETCH,
     BPF_JA,
     BPF_JEQ,
@@ -42,7 +44,7 @@ from ..insn import (
     SIZE_BYTES,
     Insn,
 )
-from .cfg import BPF_JCOND, BPF_PSEUDO_FUNC, is_cond_jump, jump_target
+from .cfg import BPF_JCOND, BPF_PSEUDO_CALL, BPF_PSEUDO_FUNC, is_cond_jump, jump_target
 
 if TYPE_CHECKING:
     from .checker import Checker
@@ -132,6 +134,8 @@ class _State:
     def with_reg(self, r: int, v: Val) -> _State:
         if not 0 <= r < 10:
             return self
+        if self.regs[r] is v:
+            return self
         regs = list(self.regs)
         regs[r] = v
         return _State(tuple(regs), self.stack)
@@ -209,6 +213,7 @@ def dataflow(ck: Checker) -> None:
             if entry_args.get(s) != args:
                 entry_args[s] = args
                 changed = True
+        new_returns.pop(0, None)  # what the program returns is no input of the flow
         if new_returns != returns:
             returns = new_returns
             changed = True
@@ -216,6 +221,13 @@ def dataflow(ck: Checker) -> None:
             break
     else:
         ck.notes.append("data flow did not settle; context tracking is approximate")
+
+
+_MOV64_K = BPF_ALU64 | BPF_MOV | BPF_K
+_STX_ATOMIC = BPF_STX | BPF_ATOMIC
+_MOV32_K = BPF_ALU | BPF_MOV | BPF_K
+#: jump operations that are no conditional jump
+_NOT_COND = frozenset({BPF_JA, BPF_CALL, BPF_EXIT, BPF_JCOND})
 
 
 def _flow_subprog(
@@ -230,19 +242,37 @@ def _flow_subprog(
     states[start] = _entry_state(args)
     work = [start]
     visits: dict[int, int] = {}
+    insns = ck.insns
+    get = states.get
+    intern = ck.interned.setdefault
     while work:
         i = work.pop()
-        visits[i] = visits.get(i, 0) + 1
-        if visits[i] > 200:
+        v = visits.get(i, 0) + 1
+        visits[i] = v
+        if v > 200:
             continue
         st = states[i]
-        ins = ck.insns[i]
-        for t, out in _transfer(ck, i, ins, st, returns, call_args, new_returns, start):
-            old = states.get(t)
-            new = out if old is None else old.join(out)
-            if new != old:
-                states[t] = new
+        ins = insns[i]
+        code = ins.code
+        if code & 0x07 == BPF_JMP and code & 0x08 == BPF_K and code & 0xF0 not in _NOT_COND \
+                and (ins.imm != 0 or code & 0xF0 not in (BPF_JEQ, BPF_JNE)):
+            outs: list[tuple[int, _State]] = [(i + 1, st), (i + ins.off + 1, st)]  # fast path
+        elif code == _MOV64_K or code == _MOV32_K:
+            outs = [(i + 1, st.with_reg(ins.dst, SCALAR))]
+        elif code == BPF_JMP | BPF_EXIT and start == 0:
+            continue  # what the program returns is checked on the settled states
+        else:
+            outs = _transfer(ck, i, ins, st, returns, call_args, new_returns, start)
+        for t, out in outs:
+            old = get(t)
+            if old is None:
+                states[t] = intern(out, out)  # equal states share one object
                 work.append(t)
+            elif old is not out:
+                new = old.join(out)
+                if new != old:
+                    states[t] = new
+                    work.append(t)
 
 
 def _transfer(
@@ -410,8 +440,7 @@ def check_stack_init(ck: Checker) -> None:
     without CAP_PERFMON; with it, stale data).  Writes through a pointer whose
     stack offset is not known on every path count as no write (conservative)."""
     base = contract.MAX_BPF_STACK
-    ck.jump_targets = {t for j, ins in enumerate(ck.insns)
-                         if (t := jump_target(j, ins)) is not None}
+    ck.jump_targets = set(ck.targets.values())
 
     def bits(off: int, size: int) -> int:
         lo = max(off + base, 0)
@@ -424,37 +453,47 @@ def check_stack_init(ck: Checker) -> None:
         if off is not None and size > 0 and (mask & bits(off, size)) != bits(off, size):
             found.setdefault(i, (off, size))
 
-    for start in ck.subprog_starts:
-        sub = ck.subprog_of(start)
+    insns, get_state = ck.insns, ck.states.get
+    bounds = ck.subprog_starts + [ck.n]
+    for k, start in enumerate(ck.subprog_starts):
+        end = bounds[k + 1]
         masks: dict[int, int] = {start: 0}
         work = [start]
         while work:
             i = work.pop()
             mask = masks[i]
-            ins = ck.insns[i]
-            st = ck.states.get(i)
+            ins = insns[i]
+            st = get_state(i)
             if st is None:
                 continue
-            if ins.cls == BPF_LDX and ins.mode in (BPF_MEM, BPF_MEMSX):
-                need(i, _mem_off(ck, st, ins.src, ins.off), SIZE_BYTES[ins.size], mask)
-            elif ins.cls in (BPF_ST, BPF_STX):
+            code = ins.code
+            cls = code & 0x07
+            outs = ck.succs[i]
+            if cls == BPF_LDX:
+                if ins.mode in (BPF_MEM, BPF_MEMSX):
+                    need(i, _mem_off(ck, st, ins.src, ins.off), SIZE_BYTES[ins.size], mask)
+            elif cls == BPF_ST or cls == BPF_STX:
                 off = _mem_off(ck, st, ins.dst, ins.off)
                 if ins.mode == BPF_ATOMIC:
                     need(i, off, SIZE_BYTES[ins.size], mask)
                 elif off is not None:
                     mask |= bits(off, SIZE_BYTES[ins.size])
-            elif ins.is_call() and ins.src == 0:
-                mask = _helper_stack(ck, i, ins.imm, st, mask, need, bits)
-            outs = ck.succ.get(i, [])
-            if ins.is_pseudo_call() or (ins.is_ld_imm64() and ins.src == BPF_PSEUDO_FUNC):
-                outs = [i + 2 if ins.is_ld_imm64() else i + 1]
+            elif code == BPF_JMP | BPF_CALL:
+                if ins.src == 0:
+                    mask = _helper_stack(ck, i, ins.imm, st, mask, need, bits)
+                elif ins.src == BPF_PSEUDO_CALL:
+                    outs = (i + 1,)
+            elif code == BPF_LD | BPF_DW and ins.src == BPF_PSEUDO_FUNC:
+                outs = (i + 2,)
             for t in outs:
-                if ck.subprog_of(t) != sub:
+                if not start <= t < end:
                     continue
                 old = masks.get(t)
-                new = mask if old is None else old & mask
-                if new != old:
-                    masks[t] = new
+                if old is None:
+                    masks[t] = mask
+                    work.append(t)
+                elif old & mask != old:
+                    masks[t] = old & mask
                     work.append(t)
     for i, (off, size) in sorted(found.items()):
         if ck.unprivileged:
@@ -520,11 +559,21 @@ def _regs_read(ins: Insn) -> list[int]:
 def check_registers(ck: Checker) -> None:
     """Registers read before they are written on some path (R0 at the
     program's exit included: the kernel's "R0 !read_ok")."""
-    for i in sorted(ck.states):
-        st = ck.states[i]
-        ins = ck.insns[i]
+    maybe_uninit: dict[int, frozenset[int]] = {}  # id(state) -> its maybe-unset registers
+    insns, states = ck.insns, ck.states
+    for i, st in states.items():  # problems are sorted by the report
+        regs = maybe_uninit.get(id(st))
+        if regs is None:
+            regs = maybe_uninit[id(st)] = frozenset(
+                r for r in range(10) if ("uninit",) in st.regs[r])
+        if not regs:
+            continue
+        ins = insns[i]
+        if ins.dst not in regs and ins.src not in regs and ins.code & 0xE7 != _STX_ATOMIC \
+                and ins.code != BPF_JMP | BPF_EXIT:
+            continue  # reads no register that may be unset (_regs_read: dst, src, r0)
         for r in _regs_read(ins):
-            if ("uninit",) in st.reg(r) and 0 <= r < 10:
+            if r in regs:
                 ck.problem(
                     i,
                     "uninit-reg",
@@ -532,7 +581,7 @@ def check_registers(ck: Checker) -> None:
                     f"(helper calls leave R1-R5 unset)",
                     f"set R{r} first on every path",
                 )
-        if ins.is_exit() and ck.subprog_of(i) == 0 and ("uninit",) in st.reg(0):
+        if 0 in regs and ins.is_exit() and ck.subprog_of(i) == 0:
             ck.problem(
                 i,
                 "r0-uninit",

@@ -134,9 +134,11 @@ class _Unsupported(Exception):
 
 @dataclass
 class _Translation:
-    funcs: list[Callable[[list[int]], int] | None]
+    funcs: list[Callable[[list[int]], int] | None]  # None: not translated yet
     lens: list[int]
     source: str
+    leaders: list[int]
+    jump_at: list[int]  # block start -> the jump ending it (-1: none)
 
 
 class _Translator:
@@ -153,6 +155,7 @@ class _Translator:
         self.global_addr = global_addr
         self.describe = describe
         self.errors: dict[int, str] = {}  # error id -> message
+        self._lead_set: set[int] | None = None
         n = len(self.insns)
         # slot i+1 of an ld_imm64 at i is not an instruction of its own
         self.second_slot = [False] * n
@@ -229,21 +232,52 @@ class _Translator:
 
     # -- translation
 
-    def translate(self, namespace: dict[str, Any]) -> _Translation:
+    def plan(self) -> _Translation:
+        """The blocks, without translating them: leaders, each block's
+        instruction count and, for a block that ends in a jump, that jump's
+        index (naming a loop when the budget runs out)."""
         n = len(self.insns)
         leaders = self.leaders()
         lead_set = set(leaders)
-        chunks: list[str] = []
         lens = [0] * (n + 1)
+        jump_at = [-1] * (n + 1)
+        insns = self.insns
         for start in leaders:
+            i, count, last = start, 0, start
+            while i < n and (i == start or i not in lead_set):
+                count += 1
+                last = i
+                code = insns[i].code
+                if code & 0x07 in (I.BPF_JMP, I.BPF_JMP32) and code & 0xF0 != I.BPF_CALL:
+                    if code & 0xF0 != I.BPF_EXIT:
+                        jump_at[start] = i
+                    break
+                i += 2 if insns[i].is_ld_imm64() else 1
+            lens[start] = count
+            if jump_at[start] != last:
+                jump_at[start] = -1
+        return _Translation([None] * (n + 1), lens, "", leaders, jump_at)
+
+    def translate(self, namespace: dict[str, Any], plan: _Translation,
+                  first: int, count: int) -> None:
+        """Translate COUNT blocks from plan.leaders[FIRST] into plan.funcs (compiled
+        into NAMESPACE); blocks are translated when first reached, a chunk at a
+        time, so a big program costs only what runs."""
+        n = len(self.insns)
+        leaders = plan.leaders
+        lead_set = self._lead_set if self._lead_set is not None else set(leaders)
+        self._lead_set = lead_set
+        chunks: list[str] = []
+        chosen = [s for s in leaders[first:first + count] if plan.funcs[s] is None]
+        for start in chosen:
             body: list[str] = []
             i = start
-            count = 0
+            count_ = 0
             terminated = False
             while i < n:
                 if i != start and i in lead_set:
                     break
-                count += 1
+                count_ += 1
                 try:
                     lines, terminated = self.insn(i)
                 except _Unsupported as exc:
@@ -258,22 +292,20 @@ class _Translator:
                     body.append(f"return {i}")
                 else:
                     eid = len(self.errors)
-                    last = start + max(count - 1, 0)
+                    last = start + max(count_ - 1, 0)
                     self.errors[eid] = (
                         f"execution runs off the end of the program after insn {last}"
                         f"{self.describe(last)} (no exit)"
                     )
                     body.append(f"return ERR({eid})")
-            lens[start] = count
             body = _localise(body)
             chunks.append(f"def _b{start}(R):\n    " + "\n    ".join(body) + "\n")
         source = "\n".join(chunks)
         code = compile(source, f"<bpf program {getattr(self.prog, 'name', '?')}>", "exec")
         exec(code, namespace)  # noqa: S102 - source generated from integers only
-        funcs: list[Callable[[list[int]], int] | None] = [None] * (n + 1)
-        for start in leaders:
-            funcs[start] = namespace[f"_b{start}"]
-        return _Translation(funcs, lens, source)
+        for start in chosen:
+            plan.funcs[start] = namespace.pop(f"_b{start}")
+        plan.source += source
 
     def insn(self, i: int) -> tuple[list[str], bool]:
         ins = self.insns[i]

@@ -68,7 +68,7 @@ def check_arg_widths(ck: Checker) -> None:
     for i, ins in enumerate(ck.insns):
         if ins.imm >= 0 or ins.code & 0x0F != BPF_JMP | BPF_K or not cfg.is_cond_jump(ins):
             continue
-        field_ = state.field_of(ck.states.get(i), ins.dst)
+        field_ = state.field_of(ck.states[i], ins.dst)
         if not field_.startswith("args["):
             continue
         line = ck.line_for(i)
@@ -101,9 +101,9 @@ def check_accesses(ck: Checker) -> None:
     """Memory accesses, pointer arithmetic, comparisons and leaks, helper map
     arguments, on the settled states."""
     ptr_regs: dict[int, frozenset[int]] = {}  # id(state) -> registers that may hold pointers
-    insns, get_state = ck.insns, ck.states.get
-    for i in range(ck.n):  # in order: the notes follow the instructions
-        st = get_state(i)
+    insns = ck.insns
+    main_end = ck.subprog_starts[1] if len(ck.subprog_starts) > 1 else ck.n
+    for i, st in enumerate(ck.states):  # in order: the notes follow the instructions
         if st is None:
             continue
         ins = insns[i]
@@ -112,12 +112,15 @@ def check_accesses(ck: Checker) -> None:
         if (cls == BPF_JMP or cls == BPF_JMP32) and code & 0x08 == BPF_K \
                 and code & 0xF0 not in (BPF_CALL, BPF_EXIT):
             continue  # a jump on a constant: nothing to check
-        if cls == BPF_ALU or cls == BPF_ALU64:
+        if cls == BPF_ALU or cls == BPF_ALU64 or code == BPF_JMP | BPF_EXIT:
             ptrs = ptr_regs.get(id(st))
             if ptrs is None:
                 ptrs = ptr_regs[id(st)] = frozenset(
                     r for r in range(11) if any(_is_pointer(p) for p in st.regs[r]))
-            if ins.dst not in ptrs and (code & 0x08 == BPF_K or ins.src not in ptrs):
+            if code == BPF_JMP | BPF_EXIT:
+                if 0 not in ptrs or i >= main_end:
+                    continue  # returns no pointer (or returns from a subprogram)
+            elif ins.dst not in ptrs and (code & 0x08 == BPF_K or ins.src not in ptrs):
                 continue  # no pointer involved
         if cls == BPF_LDX:
             _check_mem(ck, i, ins, st.reg(ins.src), ins.src, write=False)

@@ -76,7 +76,8 @@ def check_flow(ck: Checker) -> bool:
         ck.cap_bpf("BPF-to-BPF calls (subprograms)")
     # jumps stay inside their subprogram; the last insn is exit or ja
     bounds = ck.subprog_starts + [ck.n]
-    ck.targets = targets = _targets(insns, ck.second_slot)
+    succs, targets = _successors(insns, ck.second_slot)
+    ck.targets = targets
     for k in range(len(ck.subprog_starts)):
         lo, hi = bounds[k], bounds[k + 1]
         for i in [i for i in targets if lo <= i < hi]:
@@ -114,13 +115,12 @@ def check_flow(ck: Checker) -> bool:
     if not ok:
         return False
     # check_cfg: every successor in range, every instruction reachable, back-edges
-    succs = _successors(insns, ck.second_slot)
     n = ck.n
     # the jumps stay inside their subprogram (above), so only the calls and
     # what falls through at the end can leave the program
     for i in [i for i in range(max(n - 2, 0), n)] + [i for i in targets] + [
             i for i, ins in enumerate(insns) if ins.code in _CALL_OR_LD64]:
-        for t in succs[i]:
+        for t in _next(succs, i):
             if not 0 <= t < n:
                 ck.problem(
                     i,
@@ -215,25 +215,14 @@ def _register_bounded_exit(ck: Checker, head: int, tail: int) -> int | None:
 _CALL_OR_LD64 = frozenset({BPF_JMP | BPF_CALL, BPF_LD | BPF_DW})  # 0x85, 0x18
 
 
-def _targets(insns: list[Insn], second_slot: set[int]) -> dict[int, int]:
-    """Insn index -> branch target, for the jumps (not calls, not exits)."""
-    out: dict[int, int] = {}
-    for i, ins in enumerate(insns):
-        code = ins.code
-        cls = code & 0x07
-        if cls != BPF_JMP and cls != BPF_JMP32:
-            continue
-        op = code & 0xF0
-        if op == BPF_CALL or op == BPF_EXIT or i in second_slot:
-            continue
-        out[i] = i + (ins.imm if cls == BPF_JMP32 and op == BPF_JA else ins.off) + 1
-    return out
-
-
-def _successors(insns: list[Insn], second_slot: set[int]) -> list[tuple[int, ...]]:
+def _successors(insns: list[Insn], second_slot: set[int]
+                ) -> tuple[list[tuple[int, ...] | None], dict[int, int]]:
     """Per instruction, where control goes next (calls: the next instruction and
-    the callee; () for exits and the second slots of ld_imm64)."""
-    out: list[tuple[int, ...]] = []
+    the callee; () for exits and the second slots of ld_imm64; None for only
+    the next instruction, the common case, to keep a big program small); and
+    jump -> its target for the jumps (not calls, not exits)."""
+    out: list[tuple[int, ...] | None] = []
+    targets: dict[int, int] = {}
     append = out.append
     none: tuple[int, ...] = ()
     for i, ins in enumerate(insns):
@@ -244,43 +233,55 @@ def _successors(insns: list[Insn], second_slot: set[int]) -> list[tuple[int, ...
             if code == BPF_JMP | BPF_EXIT:
                 append(none)
             elif op == BPF_JA:
-                append((i + (ins.imm if cls == BPF_JMP32 else ins.off) + 1,))
-            elif op != BPF_CALL and op != BPF_EXIT and op != BPF_JCOND:
-                append((i + 1, i + ins.off + 1))
+                t = targets[i] = i + (ins.imm if cls == BPF_JMP32 else ins.off) + 1
+                append((t,))
+            elif op != BPF_CALL and op != BPF_EXIT:
+                t = targets[i] = i + ins.off + 1
+                append(None if op == BPF_JCOND else (i + 1, t))
             elif code == BPF_JMP | BPF_CALL and ins.src == BPF_PSEUDO_CALL:
                 append((i + 1, i + ins.imm + 1))
             else:
-                append((i + 1,))
+                append(None)
         elif code == BPF_LD | BPF_DW:  # ld_imm64
             if ins.src == BPF_PSEUDO_FUNC:
                 append((i + 2, i + ins.imm + 1))
             else:
                 append((i + 2,))
         else:
-            append((i + 1,))
+            append(None)
     for i in second_slot:
         out[i] = none
-    return out
+        targets.pop(i, None)
+    return out, targets
 
 
-def _sweep(succs: list[tuple[int, ...]], n: int) -> bytearray:
+def _next(succs: list[tuple[int, ...] | None], i: int) -> tuple[int, ...]:
+    """The successors of insn I (see _successors)."""
+    out = succs[i]
+    return (i + 1,) if out is None else out
+
+
+def _sweep(succs: list[tuple[int, ...] | None], n: int) -> bytearray:
     """What is reached from insn 0 when every edge goes forward."""
     reached = bytearray(n)
     reached[0] = 1
     for i, out in enumerate(succs):
         if reached[i]:
-            for t in out:
-                reached[t] = 1
+            if out is None:
+                reached[i + 1] = 1
+            else:
+                for t in out:
+                    reached[t] = 1
     return reached
 
 
-def _dfs(succs: list[tuple[int, ...]], n: int) -> tuple[bytearray, list[tuple[int, int]]]:
+def _dfs(succs: list[tuple[int, ...] | None], n: int) -> tuple[bytearray, list[tuple[int, int]]]:
     """The kernel's check_cfg: depth-first from insn 0; an edge to an instruction
     still on the DFS stack is a back-edge (a loop)."""
     color = bytearray(n)  # 0 new, 1 on the stack, 2 done
     back_edges: list[tuple[int, int]] = []
     color[0] = 1
-    stack: list[list[Any]] = [[0, succs[0], 0]]
+    stack: list[list[Any]] = [[0, _next(succs, 0), 0]]
     while stack:
         top = stack[-1]
         node, edges, k = top
@@ -290,7 +291,7 @@ def _dfs(succs: list[tuple[int, ...]], n: int) -> tuple[bytearray, list[tuple[in
             c = color[w]
             if c == 0:
                 color[w] = 1
-                stack.append([w, succs[w], 0])
+                stack.append([w, _next(succs, w), 0])
             elif c == 1:
                 back_edges.append((node, w))
         else:

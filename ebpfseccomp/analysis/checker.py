@@ -64,14 +64,15 @@ class Checker:
         self.relocs: dict[int, Reloc] = {r.insn: r for r in prog.relocs}
         self.helpers: dict[int, HelperUse] = {}
         self.maps_used: list[str] = []
-        self.states: dict[int, _State] = {}
+        self.states: list[_State | None] = []  # per insn, None: not reached (state)
         self.interned: dict[_State, _State] = {}  # the distinct states (state.dataflow)
         self.second_slot: set[int] = set()
         self.subprog_starts: list[int] = [0]
         self.stack_depth: dict[int, int] = {}
         self._seen: set[tuple[int | None, str]] = set()
         self.cfg_ok = False  # set once every edge of the control-flow graph is in range
-        self.succs: list[tuple[int, ...]] = []  # control-flow successors (cfg)
+        #: per insn, where control goes next; None: only to the next insn (cfg)
+        self.succs: list[tuple[int, ...] | None] = []
         self.back_edges: list[tuple[int, int]] = []
         self.targets: dict[int, int] = {}  # jump -> its target (cfg)
         self.jump_targets: set[int] = set()

@@ -101,7 +101,7 @@ class _Disassembler:
         self.prog = prog
         self.relocs = {r.insn: r for r in prog.relocs}
         checker = Checker(obj, prog, unprivileged=False)
-        self.states: dict[int, _State] = {}
+        self.states: list[_State | None] = []
         try:
             if encoding.check_encoding(checker):
                 cfg.check_flow(checker)
@@ -109,14 +109,17 @@ class _Disassembler:
                 state.dataflow(checker)
                 self.states = checker.states
         except Exception:  # the listing must never fail because of the analysis
-            self.states = {}
+            self.states = []
         self.arch = self._guess_arch()
 
     # --- seccomp terms: which registers hold nr or arch, what r0 means -----------
 
+    def state_at(self, i: int) -> _State | None:
+        return self.states[i] if i < len(self.states) else None
+
     def field(self, i: int, reg: int) -> str:
         """The seccomp_data field REG holds on every path to insn I, or ""."""
-        return state.field_of(self.states.get(i), reg)
+        return state.field_of(self.state_at(i), reg)
 
     def _guess_arch(self) -> str | None:
         """The syscall table to name numbers with: the arch the program compares
@@ -154,7 +157,7 @@ class _Disassembler:
         return f"<{name}>" if name else f"<{t}>"
 
     def ctx_note(self, i: int, reg: int, off: int, size: int) -> str:
-        st = self.states.get(i)
+        st = self.state_at(i)
         if st is None:
             return ""
         base = st.reg(reg)

@@ -126,6 +126,9 @@ def check_encoding(ck: Checker) -> bool:
                 code & 0x07 in (BPF_JMP, BPF_JMP32) or not ins.off):
             i += 1  # the common case, valid by construction (what _check_insn accepts)
             continue
+        if code == _EXIT and not (ins.dst or ins.src or ins.off or ins.imm):
+            i += 1
+            continue
         if ins.is_ld_imm64():
             ck.second_slot.add(i + 1)
         if not _check_insn(ck, i, ins):
@@ -134,6 +137,7 @@ def check_encoding(ck: Checker) -> bool:
     return ok
 
 
+_EXIT = BPF_JMP | BPF_EXIT
 #: Conditional jumps on a constant, and ALU moves, additions and the like with
 #: a constant: with src 0, dst below r10 (and off 0 for the ALU ones) each is
 #: valid, whatever its imm.

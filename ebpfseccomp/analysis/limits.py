@@ -18,8 +18,8 @@ MAX_CALL_FRAMES = 8
 def check_frames(ck: Checker) -> None:
     calls: dict[int, set[int]] = {s: set() for s in ck.subprog_starts}
     for i, ins in enumerate(ck.insns):
-        if i in ck.second_slot or not ins.is_pseudo_call():
-            continue
+        if ins.code != 0x85 or i in ck.second_slot or not ins.is_pseudo_call():
+            continue  # 0x85: BPF_JMP | BPF_CALL
         calls[ck.subprog_of(i)].add(i + ins.imm + 1)
 
     def frame(s: int) -> int:

@@ -202,7 +202,7 @@ def dataflow(ck: Checker) -> None:
     returns: dict[int, Val] = {}
     for _round in range(12):
         changed = False
-        ck.states = {}
+        ck.states = [None] * ck.n
         call_args: dict[int, list[Val]] = {}
         new_returns: dict[int, Val] = {}
         for s in starts:
@@ -241,17 +241,16 @@ def _flow_subprog(
     states = ck.states
     states[start] = _entry_state(args)
     work = [start]
-    visits: dict[int, int] = {}
+    visits = bytearray(ck.n)
     insns = ck.insns
-    get = states.get
     intern = ck.interned.setdefault
     while work:
         i = work.pop()
-        v = visits.get(i, 0) + 1
-        visits[i] = v
-        if v > 200:
+        if visits[i] == 200:
             continue
+        visits[i] += 1
         st = states[i]
+        assert st is not None
         ins = insns[i]
         code = ins.code
         if code & 0x07 == BPF_JMP and code & 0x08 == BPF_K and code & 0xF0 not in _NOT_COND \
@@ -264,9 +263,9 @@ def _flow_subprog(
         else:
             outs = _transfer(ck, i, ins, st, returns, call_args, new_returns, start)
         for t, out in outs:
-            old = get(t)
+            old = states[t]
             if old is None:
-                states[t] = intern(out, out)  # equal states share one object
+                states[t] = out if out is st else intern(out, out)  # equal states: one object
                 work.append(t)
             elif old is not out:
                 new = old.join(out)
@@ -453,22 +452,26 @@ def check_stack_init(ck: Checker) -> None:
         if off is not None and size > 0 and (mask & bits(off, size)) != bits(off, size):
             found.setdefault(i, (off, size))
 
-    insns, get_state = ck.insns, ck.states.get
+    insns, states, succs = ck.insns, ck.states, ck.succs
     bounds = ck.subprog_starts + [ck.n]
+    masks: list[int | None] = [None] * ck.n
     for k, start in enumerate(ck.subprog_starts):
         end = bounds[k + 1]
-        masks: dict[int, int] = {start: 0}
+        masks[start] = 0
         work = [start]
         while work:
             i = work.pop()
             mask = masks[i]
+            assert mask is not None
             ins = insns[i]
-            st = get_state(i)
+            st = states[i]
             if st is None:
                 continue
             code = ins.code
             cls = code & 0x07
-            outs = ck.succs[i]
+            outs = succs[i]
+            if outs is None:
+                outs = (i + 1,)
             if cls == BPF_LDX:
                 if ins.mode in (BPF_MEM, BPF_MEMSX):
                     need(i, _mem_off(ck, st, ins.src, ins.off), SIZE_BYTES[ins.size], mask)
@@ -488,7 +491,7 @@ def check_stack_init(ck: Checker) -> None:
             for t in outs:
                 if not start <= t < end:
                     continue
-                old = masks.get(t)
+                old = masks[t]
                 if old is None:
                     masks[t] = mask
                     work.append(t)
@@ -560,8 +563,11 @@ def check_registers(ck: Checker) -> None:
     """Registers read before they are written on some path (R0 at the
     program's exit included: the kernel's "R0 !read_ok")."""
     maybe_uninit: dict[int, frozenset[int]] = {}  # id(state) -> its maybe-unset registers
+    by_code: dict[int, tuple[bool, bool]] = {}
     insns, states = ck.insns, ck.states
-    for i, st in states.items():  # problems are sorted by the report
+    for i, st in enumerate(states):
+        if st is None:
+            continue
         regs = maybe_uninit.get(id(st))
         if regs is None:
             regs = maybe_uninit[id(st)] = frozenset(
@@ -569,9 +575,24 @@ def check_registers(ck: Checker) -> None:
         if not regs:
             continue
         ins = insns[i]
-        if ins.dst not in regs and ins.src not in regs and ins.code & 0xE7 != _STX_ATOMIC \
-                and ins.code != BPF_JMP | BPF_EXIT:
-            continue  # reads no register that may be unset (_regs_read: dst, src, r0)
+        code = ins.code
+        if code == BPF_JMP | BPF_EXIT:
+            if 0 in regs and ck.subprog_of(i) == 0:
+                ck.problem(
+                    i,
+                    "r0-uninit",
+                    "R0 !read_ok: the program may exit without setting a return value "
+                    "(on some path)",
+                    "return a SECCOMP_RET_* value on every path",
+                )
+            continue  # an exit reads nothing else
+        if code & 0xE7 != _STX_ATOMIC:
+            reads = by_code.get(code)
+            if reads is None:  # what _regs_read reads, by opcode (dst, src)
+                probe = _regs_read(Insn(code, 1, 2, 0, 0))
+                reads = by_code[code] = (1 in probe, 2 in probe)
+            if not (reads[0] and ins.dst in regs) and not (reads[1] and ins.src in regs):
+                continue  # reads no register that may be unset
         for r in _regs_read(ins):
             if r in regs:
                 ck.problem(
@@ -581,14 +602,6 @@ def check_registers(ck: Checker) -> None:
                     f"(helper calls leave R1-R5 unset)",
                     f"set R{r} first on every path",
                 )
-        if 0 in regs and ins.is_exit() and ck.subprog_of(i) == 0:
-            ck.problem(
-                i,
-                "r0-uninit",
-                "R0 !read_ok: the program may exit without setting a return value "
-                "(on some path)",
-                "return a SECCOMP_RET_* value on every path",
-            )
 
 
 def _ctx_load(base: Val, ins: Insn) -> Val:

@@ -729,8 +729,17 @@ def patch_global(name: str, initial: bytes, content: Mapping[KeyLike, ValueLike]
     """Global sections are one-entry arrays: key 0 (or an "offset" int) -> bytes."""
     data = bytearray(initial)
     for k, v in content.items():
-        off = int(k, 0) if isinstance(k, str) else int.from_bytes(k, "little") if isinstance(
-            k, bytes) else k
+        try:
+            off = int(k, 0) if isinstance(k, str) else int.from_bytes(k, "little") if \
+                isinstance(k, bytes) else k
+        except ValueError:
+            raise UsageError(f"--map {name}:{k}: the key of a global section is a byte "
+                             f"offset, not {k!r}", hint=f"e.g. --map {name}:0=5") from None
+        if not 0 <= off < len(data):
+            raise UsageError(f"--map {name}:{k}: offset {off} is outside the "
+                             f"{len(data)}-byte section",
+                             hint=f"offsets of {name} are 0..{len(data) - 1}"
+                             if data else f"{name} has no bytes to set")
         if isinstance(v, bytes):
             raw = v
         elif isinstance(v, str) and (v.startswith("hex:") or v.startswith("str:")):

@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import errno as _errno
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..analysis.emulator import Emulator, Environment, Result, SyscallInput
-from ..contract import ACTIONS_WITH_DATA, AUDIT_ARCH, MAX_ERRNO, Action, Verdict
+from ..contract import (
+    ACTIONS_WITH_DATA,
+    AUDIT_ARCH,
+    MAX_ERRNO,
+    SECCOMP_RET_DATA,
+    Action,
+    Verdict,
+)
 from ..elf import load_object
 from ..errors import EbpfSeccompError, UsageError
 from ..loader import encode, group_assignments, patch_global
@@ -397,9 +405,15 @@ def print_maps(maps: dict[str, Any]) -> None:
 
 
 def parse_expect(text: str) -> str:
-    """Normalise an expected action: ALLOW, ERRNO(EPERM) -> ERRNO(1), TRAP(5) ..."""
+    """Normalise an expected action: ALLOW, ERRNO(EPERM) -> ERRNO(1), TRAP(5) ...;
+    UsageError naming the problem for anything else."""
     t = text.strip().upper().replace(" ", "")
-    head, _, rest = t.partition("(")
+    m = re.fullmatch(r"([A-Z_]*)(?:\(([^()]*)\))?", t)
+    if m is None:
+        raise UsageError(f"malformed action {text!r} in \"expect\"",
+                         hint="write an action name, with its data in parentheses: "
+                              "ALLOW, ERRNO(EPERM), TRAP(5)")
+    head, data = m.group(1), m.group(2)
     if head.startswith("SECCOMP_RET_"):
         head = head[len("SECCOMP_RET_"):]
     if head == "KILL":
@@ -408,16 +422,24 @@ def parse_expect(text: str) -> str:
         raise UsageError(f"unknown action {text!r} in \"expect\"",
                          hint=f"one of {', '.join(Action.__members__)}, e.g. ERRNO(EPERM)")
     act = Action[head]
-    if not rest:
+    if data is None:
         if act in ACTIONS_WITH_DATA:
             return f"{act.name}(0)"
         return act.name
-    data = rest.rstrip(")")
     if act not in ACTIONS_WITH_DATA:
-        raise UsageError(f"{act.name} carries no data: {text!r}")
-    code = getattr(_errno, data, None) if not data.lstrip("-").isdigit() else int(data)
-    if not isinstance(code, int):
-        raise UsageError(f"unknown errno name {data!r} in \"expect\"")
+        raise UsageError(f"{act.name} carries no data: {text!r}",
+                         hint=f"write {act.name} alone")
+    if re.fullmatch(r"[0-9]+|0X[0-9A-F]+", data):
+        code = int(data, 0)
+    elif re.fullmatch(r"E[A-Z0-9]+", data) and isinstance(getattr(_errno, data, None), int):
+        code = getattr(_errno, data)
+    else:
+        raise UsageError(f"{data!r} in \"expect\" {text!r} is neither an errno name nor a "
+                         "number", hint="e.g. ERRNO(EPERM), ERRNO(13), TRAP(0x10)")
+    if code > SECCOMP_RET_DATA:
+        raise UsageError(f"{act.name} data {code} in \"expect\" does not fit the 16 bits "
+                         f"of SECCOMP_RET_DATA (0..{SECCOMP_RET_DATA})",
+                         hint="a filter can never return it: fix the expectation")
     if act == Action.ERRNO:
         code = min(code, MAX_ERRNO)
     return f"{act.name}({code})"

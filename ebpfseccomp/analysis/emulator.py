@@ -338,7 +338,7 @@ class Emulator:
     @property
     def source(self) -> str:
         """The Python source of the blocks translated so far."""
-        return self._plan.source
+        return "\n".join(self._plan.sources)
 
     def _translate_at(self, pc: int) -> Callable[[list[int]], int]:
         """Translate the block at PC and the blocks after it (a chunk)."""

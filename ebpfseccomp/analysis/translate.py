@@ -136,7 +136,7 @@ class _Unsupported(Exception):
 class _Translation:
     funcs: list[Callable[[list[int]], int] | None]  # None: not translated yet
     lens: list[int]
-    source: str
+    sources: list[str]  # the Python source of each translated chunk
     leaders: list[int]
     jump_at: list[int]  # block start -> the jump ending it (-1: none)
 
@@ -256,7 +256,7 @@ class _Translator:
             lens[start] = count
             if jump_at[start] != last:
                 jump_at[start] = -1
-        return _Translation([None] * (n + 1), lens, "", leaders, jump_at)
+        return _Translation([None] * (n + 1), lens, [], leaders, jump_at)
 
     def translate(self, namespace: dict[str, Any], plan: _Translation,
                   first: int, count: int) -> None:
@@ -305,7 +305,7 @@ class _Translator:
         exec(code, namespace)  # noqa: S102 - source generated from integers only
         for start in chosen:
             plan.funcs[start] = namespace.pop(f"_b{start}")
-        plan.source += source
+        plan.sources.append(source)
 
     def insn(self, i: int) -> tuple[list[str], bool]:
         ins = self.insns[i]

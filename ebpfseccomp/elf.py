@@ -124,6 +124,11 @@ class MapSpec:
     flags: int
     initial: bytes | None  # globals: section contents (.bss: zeros); else None
     is_global: bool
+    #: the object's BTF and the type ids of key and value (a global section:
+    #: value_type is its DATASEC), for showing contents; None/0: raw bytes only
+    btf: btfmod.Btf | None = field(default=None, repr=False, compare=False)
+    key_type: int = 0
+    value_type: int = 0
 
 
 @dataclass
@@ -633,6 +638,9 @@ class _Reader:
                     flags=d.map_flags,
                     initial=None,
                     is_global=False,
+                    btf=self.btf,
+                    key_type=d.key_type,
+                    value_type=d.value_type,
                 )
         for sec in self.sections:
             if not _is_global_section(sec.name) or not sec.flags & SHF_ALLOC:
@@ -656,9 +664,29 @@ class _Reader:
                 flags=BPF_F_MMAPABLE | (BPF_F_RDONLY_PROG if readonly else 0),
                 initial=initial,
                 is_global=True,
+                btf=self.btf,
+                value_type=self._datasec_id(sec.name),
             )
             map_sections[sec.index] = sec.name
         return maps, map_sections
+
+    def _datasec_id(self, name: str) -> int:
+        """The DATASEC describing global section NAME, its variables placed at
+        their symbols' offsets (clang leaves them 0; libbpf fixes them up the
+        same way); 0 if there is none."""
+        sec = self.btf.find_datasec(name) if self.btf is not None else None
+        if sec is None:
+            return 0
+        index = next((s.index for s in self.sections if s.name == name), None)
+        where = {sym.name: (sym.value, sym.size) for sym in self.symbols
+                 if sym.shndx == index and sym.type == "STT_OBJECT"}
+        fixed = []
+        for vtid, off, size in sec.members:
+            v = self.btf.type(vtid)
+            placed = where.get(v.name) if v is not None else None
+            fixed.append((vtid, placed[0], placed[1] or size) if placed else (vtid, off, size))
+        sec.members = fixed
+        return sec.id
 
     # --- linking -------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.emulator import Emulator, Environment, Result, SyscallInput
+from ..btf import decode
 from ..contract import (
     ACTIONS_WITH_DATA,
     AUDIT_ARCH,
@@ -192,7 +193,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--trace-insns", action="store_true",
                    help="print every instruction executed and the registers it changed")
     p.add_argument("--dump-maps", action="store_true",
-                   help="after the run, print every map's entries (arrays: the non-zero ones)")
+                   help="after the run, print every map's entries (arrays: the non-zero ones), "
+                        "decoded with the map's BTF types where the object has them")
     p.add_argument("--check", action="store_true",
                    help="with --trace: exit 1 at the first line whose \"expect\" differs")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
@@ -363,20 +365,32 @@ def _number(raw: bytes) -> int | str:
 
 def dump_maps(emu: Emulator) -> dict[str, Any]:
     """Every map's entries after the run; arrays list only non-zero values.
-    Globals are shown as their section's bytes."""
+    Keys and values as numbers (1, 2, 4, 8 bytes) or hex; where the object
+    has BTF for the map also "key_btf"/"value_btf": decoded with its types
+    (structs as objects, char arrays as text).  A global section: its bytes,
+    and "vars" (each variable's value) where BTF describes it."""
     out: dict[str, Any] = {}
     for name, m in emu.maps.items():
         if name.startswith(".rodata.init."):
             continue
+        spec = m.spec
+        btf = getattr(spec, "btf", None)
         if m.is_global:
             raw = m.lookup(0) or b""
             out[name] = {"bytes": raw.hex()}
+            if btf is not None and spec.value_type:
+                out[name]["vars"] = decode(btf, spec.value_type, raw)
             continue
         entries = []
         for k, v in m.items():
             if m.__class__.__name__.startswith("Array") and not any(v):
                 continue
-            entries.append({"key": _number(k), "value": _number(v)})
+            entry: dict[str, Any] = {"key": _number(k), "value": _number(v)}
+            if btf is not None and spec.key_type:
+                entry["key_btf"] = decode(btf, spec.key_type, k)
+            if btf is not None and spec.value_type:
+                entry["value_btf"] = decode(btf, spec.value_type, v)
+            entries.append(entry)
         out[name] = {"entries": entries}
     return out
 
@@ -395,13 +409,18 @@ def print_steps(emu: Emulator, res: Result) -> None:
 
 
 def print_maps(maps: dict[str, Any]) -> None:
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
     for name, data in maps.items():
         if "bytes" in data:
             print(f"{name}: {data['bytes'] or '(empty)'}")
+            for var, value in data.get("vars", {}).items():
+                print(f"  {var} = {show(value)}")
             continue
         print(f"{name}: {len(data['entries'])} entr{'y' if len(data['entries']) == 1 else 'ies'}")
         for e in data["entries"]:
-            print(f"  {e['key']} -> {e['value']}")
+            print(f"  {show(e.get('key_btf', e['key']))} -> {show(e.get('value_btf', e['value']))}")
 
 
 def parse_expect(text: str) -> str:

@@ -298,7 +298,8 @@ class _Translator:
                         f"{self.describe(last)} (no exit)"
                     )
                     body.append(f"return ERR({eid})")
-            body = _localise(body)
+            if len(body) > 3:  # registers used more than once: keep them in locals
+                body = _localise(body)
             chunks.append(f"def _b{start}(R):\n    " + "\n    ".join(body) + "\n")
         source = "\n".join(chunks)
         code = compile(source, f"<bpf program {getattr(self.prog, 'name', '?')}>", "exec")

@@ -40,7 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ebpfseccomp import emulate, loader  # noqa: E402
+from ebpfseccomp import loader  # noqa: E402
+from ebpfseccomp.analysis import emulator as emulate  # noqa: E402
 from ebpfseccomp.attach import extended_flag_supported  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.elf import load_object  # noqa: E402

@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ebpfseccomp import syscalls  # noqa: E402
+from ebpfseccomp.analysis.emulator import Emulator, SyscallInput  # noqa: E402
 from ebpfseccomp.elf import load_object  # noqa: E402
-from ebpfseccomp.emulate import Emulator, SyscallInput  # noqa: E402
 from ebpfseccomp.policy import cbpf, libseccomp, model, semantics  # noqa: E402
 from ebpfseccomp.policy.convert import write  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""ebpfseccomp.cacheability: which syscalls the kernel's action cache serves.
+"""ebpfseccomp.analysis.cacheability: which syscalls the kernel's action cache serves.
 
 The expectations mirror the kernel selftests of kernel-patches/0011 (section
 "the action cache for eBPF filters"); tests/vm/test_cache.py compares the
@@ -32,7 +32,7 @@ from asm import (
     stx,
 )
 
-from ebpfseccomp import cacheability as C
+from ebpfseccomp.analysis import cacheability as C
 from ebpfseccomp.build import build
 from ebpfseccomp.cli import main
 from ebpfseccomp.elf import load_object

@@ -3,7 +3,7 @@
     report = compare(sel, minimum=100_000)
 
 builds the eBPF object (`convert.write`), runs it in the project's emulator
-(ebpfseccomp.emulate), runs libseccomp's classic program for the same
+(ebpfseccomp.analysis.emulator), runs libseccomp's classic program for the same
 selection in the cBPF interpreter (cbpf.py), and checks both against the
 plan's own answer (`Plan.decide`).  A disagreement is a semantic bug in the
 converter (or in libseccomp): the report keeps the first ones verbatim.
@@ -15,8 +15,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..analysis.emulator import Emulator, SyscallInput
 from ..elf import load_object
-from ..emulate import Emulator, SyscallInput
 from . import cbpf, inputs, libseccomp, model, semantics
 from .convert import write
 

@@ -1,7 +1,7 @@
 """The action cache for eBPF filters, against the kernel (kernel-patches/0006).
 
 - Every example in bpf/examples: what `ebpfseccomp check` predicts the cache
-  to be (ebpfseccomp.cacheability) is exactly what the kernel shows in
+  to be (ebpfseccomp.analysis.cacheability) is exactly what the kernel shows in
   /proc/PID/seccomp_cache once the filter is attached.
 - Soundness over random programs (tests/randprog.py): each is loaded through
   the real verifier (the ones it refuses are skipped and counted) and
@@ -35,8 +35,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import cache_soundness as soundness  # noqa: E402
 
-from ebpfseccomp import cacheability, contract, loader  # noqa: E402
+from ebpfseccomp import contract, loader  # noqa: E402
 from ebpfseccomp import insn as I  # noqa: E402
+from ebpfseccomp.analysis import cacheability  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.elf import load_object  # noqa: E402
 

@@ -352,3 +352,24 @@ def test_compat_tables_come_from_the_kernel() -> None:
     assert x32["read"] == 0x40000000 and x32["rt_sigaction"] == 0x40000000 + 512
     assert arm["getpid"] == 20 and arm["set_tls"] == 0x0F0005
     assert "socketcall" not in x32 and "arch_prctl" not in arm
+
+
+def test_cli_arch_faults_and_other_machines_abis(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_base(archMap=[
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]},
+        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_X32"]}])))
+    assert main(["convert", str(bad), "--arch", "x86_64"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: archMap[1].subArchitectures[0]: SCMP_ARCH_X32 is not an ABI" in err
+    assert "Traceback" not in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_base(architectures=["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64",
+                                                     "SCMP_ARCH_ARM", "SCMP_ARCH_X32"])))
+    assert main(["convert", str(other), "--arch", "x86_64", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+    assert doc["dropped_architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    assert "SCMP_ARCH_ARM is not an ABI a SCMP_ARCH_X86_64 kernel runs" in captured.err

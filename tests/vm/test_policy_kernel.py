@@ -40,7 +40,13 @@ import test_differential as td  # noqa: E402
 
 from ebpfseccomp import loader  # noqa: E402
 from ebpfseccomp.contract import Verdict  # noqa: E402
-from ebpfseccomp.policy import inputs, libseccomp, model, semantics  # noqa: E402
+from ebpfseccomp.policy import (  # noqa: E402
+    differential,
+    inputs,
+    libseccomp,
+    model,
+    semantics,
+)
 from ebpfseccomp.policy.convert import write  # noqa: E402
 from ebpfseccomp.syscalls import nr as syscall_nr  # noqa: E402
 
@@ -175,10 +181,19 @@ def test_kernel_outcomes_equal(syscaller: Path, tmp_path: Path, caps: str | None
         prog.close()
     expected = [td.normalise(Verdict(plan.decide(arch, c.nr & 0xFFFFFFFF, c.args)))
                 for arch, c in sample]
-    diffs = [(hex(arch), hex(c.nr), [hex(a) for a in c.args], e, k, x)
-             for (arch, c), e, k, x in zip(sample, ebpf, ref, expected, strict=True)
-             if not e == k == x]
-    print(f"kernel: {len(calls)} calls under each filter, {len(diffs)} disagreements")
+    # syscalls libseccomp's table lacks (docs/policies.md): counted apart, as
+    # on the host, when the eBPF filter does what the plan says
+    gaps = differential.table_gaps(plan)
+    diffs, gap_calls = [], []
+    for (arch, c), e, k, x in zip(sample, ebpf, ref, expected, strict=True):
+        if e == k == x:
+            continue
+        gap = gaps.get((arch, c.nr & 0xFFFFFFFF))
+        (gap_calls if gap and e == x else diffs).append(
+            (hex(arch), hex(c.nr), [hex(a) for a in c.args], e, k, x, gap))
+    print(f"kernel: {len(calls)} calls under each filter, {len(diffs)} disagreements, "
+          f"{len(gap_calls)} calls of syscalls libseccomp's table lacks "
+          f"{sorted({g[-1] for g in gap_calls})}")
     for name, picked in (("x86_64", lambda a, n: a == X86_64 and n < 0x40000000),
                          ("x32", lambda a, n: a == X86_64 and n >= 0x40000000),
                          ("i386", lambda a, n: a == I386)):

@@ -162,7 +162,7 @@ def main() -> int:
         "program_insns": {"ebpf": n_ebpf, "classic_linear": len(linear.insns),
                           "classic_tree": len(tree.insns)},
         "insns_per_call": {k: round(v / len(calls), 2) for k, v in tot.items()},
-        "convert_seconds": {"c": round(t_c, 2), "o": round(t_o, 2)},
+        "convert_seconds": {"c": t_c, "o": t_o},
         "libseccomp": libseccomp.version(),
     }
     if "--json" in sys.argv:

@@ -170,6 +170,19 @@ def test_kernel_outcomes_equal(syscaller: Path, tmp_path: Path, caps: str | None
     cbpf = tmp_path / "profile.bpf"
     cbpf.write_bytes(classic.bytes())
     sample = _sample(plan, SAMPLE)
+    if not subarches:
+        # every i386 and x32 call is a kill then, and each kill costs a new
+        # child: 100 of each show the bad-architecture action well enough
+        seen = {"i386": 0, "x32": 0}
+        kept = []
+        for arch, c in sample:
+            abi = "i386" if arch == I386 else "x32" if c.nr & 0x40000000 else ""
+            if abi:
+                seen[abi] += 1
+                if seen[abi] > 100:
+                    continue
+            kept.append((arch, c))
+        sample = kept
     calls = [c for _, c in sample]
     prog = loader.load(str(obj))
     try:

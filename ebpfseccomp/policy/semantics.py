@@ -60,6 +60,7 @@ def audit_arch(scmp: str) -> int:
     calls the kernel reports as AUDIT_ARCH_X86_64 (libseccomp's token_bpf)."""
     return AUDIT_ARCH_X86_64 if scmp == "SCMP_ARCH_X32" else ARCHES[scmp][0]
 
+
 #: The call numbers of the socket and SysV IPC multiplexers' sub-calls
 #: (include/uapi/linux/net.h SYS_*; ipc's SEMOP, SEMGET, ...): libseccomp's
 #: __PNR_* pseudo numbers are -100 / -200 minus these.
@@ -125,6 +126,7 @@ class ArchPlan:
     x32_filter: bool  # x86_64 without x32 in the filter: x32 numbers get the bad-arch action
 
     def decide(self, nr: int, args: tuple[int, ...], default: int) -> int:
+        """This ABI's answer for call NR: its rules, or DEFAULT."""
         sp = self.syscalls.get(nr)
         if sp is None:
             return default

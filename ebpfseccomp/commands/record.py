@@ -74,7 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grace", type=float, default=2.0, metavar="SECONDS",
                    help="how long descendants may outlive CMD (default: 2)")
     p.add_argument("--json", action="store_true",
-                   help="print a JSON summary (backend, syscalls, argument values) on stdout")
+                   help="print a JSON summary (backend, syscalls, argument values) as the "
+                   "last line of stdout, after CMD's own output")
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ARGS",
                    help="the command to record")
     p.set_defaults(func=run)
@@ -128,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         summary = rec.summary()
         summary["profile"] = args.output
         summary["filter"] = filter_out
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(summary))  # one line, after whatever CMD printed
     status = rec.exit_status
     if status is None:
         return 1

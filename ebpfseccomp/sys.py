@@ -583,6 +583,7 @@ def libbpf() -> ctypes.CDLL:
             "ring_buffer__poll": (ci, [vp, ci]),
             "ring_buffer__consume": (ci, [vp]),
             "ring_buffer__free": (None, [vp]),
+            "ring_buffer__epoll_fd": (ci, [vp]),
         }
         for name, (res, args) in protos.items():
             fn = getattr(lib, name)
@@ -901,6 +902,12 @@ class RingBuffer:
             raise OSError(_errno.EBADF, "ring buffer closed")
         return self._done(libbpf().ring_buffer__consume(_c_void_p(self._handle)),
                           "ring_buffer__consume")
+
+    def fileno(self) -> int:
+        """libbpf's epoll fd: readable when a record is waiting."""
+        if self._handle is None:
+            raise OSError(_errno.EBADF, "ring buffer closed")
+        return int(libbpf().ring_buffer__epoll_fd(_c_void_p(self._handle)))
 
     def close(self) -> None:
         if self._handle is not None:

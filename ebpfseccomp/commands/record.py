@@ -65,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also record argument INDEX (0-5) of SYSCALL (repeatable)")
     p.add_argument("--backend", choices=("auto", "ebpf", "notify"), default="auto",
                    help="how to record (default: auto)")
+    p.add_argument("--ring-size", type=int, metavar="BYTES",
+                   help="the eBPF backend's ring buffer (power of two; default 16 MiB)")
     p.add_argument("--default-errno", choices=("ENOSYS", "EPERM"), default="ENOSYS",
                    help="what unlisted calls fail with (default: ENOSYS)")
     p.add_argument("--filter-out", metavar="FILTER.{c,o}",
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and not value > 0:
             raise UsageError(f"{what} {value}: must be a positive number of seconds")
     rec = record(cmd, backend=args.backend, extra_args=extra, timeout=args.timeout,
-                 grace=args.grace)
+                 grace=args.grace, ring_bytes=args.ring_size)
     profile = to_profile(rec, native=default_arch(), with_args=args.with_args,
                          default_errno=args.default_errno)
     where = "stdout"

@@ -18,6 +18,8 @@ See docs/record.md for what each backend sees and misses.
 
 from __future__ import annotations
 
+import os
+
 from ..errors import UsageError
 from .model import ARG_TABLE, Recording, arg_table, parse_arg_option
 from .process import Backend, run
@@ -30,8 +32,10 @@ __all__ = ["ARG_TABLE", "BACKENDS", "Recording", "arg_table", "choose_backend",
 BACKENDS = ("ebpf", "notify")
 
 
-def choose_backend(wanted: str = "auto") -> tuple[Backend, str]:
-    """(backend, why it was chosen) for `--backend WANTED`."""
+def choose_backend(wanted: str = "auto", ring_bytes: int | None = None
+                   ) -> tuple[Backend, str]:
+    """(backend, why it was chosen) for `--backend WANTED`; RING_BYTES sizes the
+    eBPF backend's ring buffer (a power of two, at least a page)."""
     if wanted not in ("auto", *BACKENDS):
         raise UsageError(f"unknown backend {wanted!r}", hint="one of auto, "
                          + ", ".join(BACKENDS))
@@ -39,28 +43,35 @@ def choose_backend(wanted: str = "auto") -> tuple[Backend, str]:
         from .notify import NotifyBackend
 
         return NotifyBackend(), "--backend notify"
-    from .ebpf import EbpfBackend, unavailable
+    from .ebpf import RING_BYTES, EbpfBackend, unavailable
+
+    ring = RING_BYTES if ring_bytes is None else ring_bytes
+    page = os.sysconf("SC_PAGE_SIZE")
+    if ring < page or ring & (ring - 1) or ring > 1 << 30:
+        raise UsageError(f"--ring-size {ring}: must be a power of two from {page} to 2**30",
+                         hint="e.g. --ring-size 67108864 (64 MiB)")
 
     if wanted == "ebpf":
         why_not = unavailable()
         if why_not:
             raise UsageError(f"--backend ebpf: {why_not}",
                              hint="--backend notify works on any kernel without privilege")
-        return EbpfBackend(), "--backend ebpf"
+        return EbpfBackend(ring), "--backend ebpf"
     why_not = unavailable()
     if why_not is None:
-        return EbpfBackend(), "this kernel runs eBPF seccomp filters and this user may load one"
+        return EbpfBackend(ring), "this kernel runs eBPF seccomp filters and this user may load one"
     from .notify import NotifyBackend
 
     return NotifyBackend(), f"eBPF backend unavailable: {why_not}"
 
 
 def record(cmd: list[str], backend: str = "auto", extra_args: tuple[tuple[str, int], ...] = (),
-           timeout: float | None = None, grace: float = 2.0) -> Recording:
+           timeout: float | None = None, grace: float = 2.0,
+           ring_bytes: int | None = None) -> Recording:
     """Run CMD and record its syscalls and those of all its descendants."""
     if not cmd:
         raise UsageError("no command to record", hint="e.g. ebpfseccomp record -- ls /")
-    chosen, why = choose_backend(backend)
+    chosen, why = choose_backend(backend, ring_bytes)
     rec = Recording(args=arg_table(extra_args))
     rec.notes.append(f"backend {chosen.name}: {why}")
     return run(list(cmd), chosen, rec, timeout=timeout, grace=grace)

@@ -96,7 +96,7 @@ class EbpfBackend:
         pass
 
     def fds(self) -> list[int]:
-        return []  # the loop's tick polls the ring buffer
+        return [self.ring.fileno()] if self.ring is not None else []
 
     def _flush(self, rec: Recording) -> None:
         for raw in self._pending:

@@ -83,22 +83,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _command(args: argparse.Namespace) -> list[str]:
-    cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
-    if not cmd:
-        raise UsageError("no command to record",
-                         hint="put it after --, e.g. ebpfseccomp record -o p.json -- ls /")
-    return cmd
-
-
 def run(args: argparse.Namespace) -> int:
     from ..build import default_arch
     from ..record import parse_arg_option, record
     from ..record.profile import dumps, to_profile, write
 
-    cmd = _command(args)
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else list(args.cmd)
     extra = tuple(parse_arg_option(a) for a in args.args)
     for value, what in ((args.timeout, "--timeout"), (args.grace, "--grace")):
         if value is not None and not value > 0:

@@ -70,7 +70,8 @@ def record(cmd: list[str], backend: str = "auto", extra_args: tuple[tuple[str, i
            ring_bytes: int | None = None) -> Recording:
     """Run CMD and record its syscalls and those of all its descendants."""
     if not cmd:
-        raise UsageError("no command to record", hint="e.g. ebpfseccomp record -- ls /")
+        raise UsageError("no command to record",
+                         hint="put it after --, e.g. ebpfseccomp record -o p.json -- ls /")
     chosen, why = choose_backend(backend, ring_bytes)
     rec = Recording(args=arg_table(extra_args))
     rec.notes.append(f"backend {chosen.name}: {why}")

@@ -16,21 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from record_programs import (
-    INT80_GETPID,
-    PIPELINE,
-    PY,
-    PYTHON_WORK,
-    REPO,
-    TARGET_PY,
-    TCP_PAIR,
-    UNIX_SOCKET,
-    elf32_getpid_exit,
-    program_output,
-    record,
-    replay,
-    summary,
-)
+import record_programs as rp
 
 pytestmark = pytest.mark.vm
 
@@ -43,49 +29,49 @@ def _patched(kernel_has_extended: bool) -> None:
 
 def _record_and_replay(cmd: list[str], tmp_path: Path, *extra: str) -> dict:
     profile = tmp_path / "profile.json"
-    rec = record(cmd, profile, *extra)
+    rec = rp.record(cmd, profile, *extra)
     assert rec.returncode == 0, rec.stderr
-    info = summary(rec)
+    info = rp.summary(rec)
     assert info["backend"] == "ebpf-seccomp", info["notes"]
     assert info["lost"] == 0
     for backend in ("ebpf", "classic"):
-        again = replay(cmd, profile, backend)
+        again = rp.replay(cmd, profile, backend)
         assert again.returncode == 0, f"{backend}: {again.stderr}"
-        assert again.stdout.strip() == program_output(rec), f"{backend}: {again.stderr}"
+        assert again.stdout.strip() == rp.program_output(rec), f"{backend}: {again.stderr}"
         assert f"attached the {'eBPF' if backend == 'ebpf' else 'classic'} filter" \
             in again.stderr
     return info
 
 
 def test_auto_records_a_pipeline_with_the_ebpf_filter(tmp_path: Path) -> None:
-    info = _record_and_replay(PIPELINE, tmp_path)
+    info = _record_and_replay(rp.PIPELINE, tmp_path)
     assert "execve" in info["syscalls"]["x86_64"]
     assert info["tasks"] >= 3
 
 
 def test_python_with_threads_and_a_child(tmp_path: Path) -> None:
-    info = _record_and_replay([TARGET_PY, "-c", PYTHON_WORK], tmp_path, "--with-args")
+    info = _record_and_replay([rp.TARGET_PY, "-c", rp.PYTHON_WORK], tmp_path, "--with-args")
     assert "mmap" in info["arg_values"]["x86_64"]
 
 
 def test_tcp_server_and_client_with_argument_rules(tmp_path: Path) -> None:
-    info = _record_and_replay([TARGET_PY, "-c", TCP_PAIR], tmp_path, "--with-args")
+    info = _record_and_replay([rp.TARGET_PY, "-c", rp.TCP_PAIR], tmp_path, "--with-args")
     assert any(v["args"]["0:family"] == hex(2)
                for v in info["arg_values"]["x86_64"]["socket"])
     for backend in ("ebpf", "classic"):
-        other = replay([TARGET_PY, "-c", UNIX_SOCKET], tmp_path / "profile.json", backend)
+        other = rp.replay([rp.TARGET_PY, "-c", rp.UNIX_SOCKET], tmp_path / "profile.json", backend)
         assert other.stdout.strip() == f"unix socket: {errno.ENOSYS}", other.stderr
 
 
 def test_compat_calls_are_recorded_under_i386(tmp_path: Path) -> None:
-    proc = record([TARGET_PY, "-c", INT80_GETPID], tmp_path / "a.json")
+    proc = rp.record([rp.TARGET_PY, "-c", rp.INT80_GETPID], tmp_path / "a.json")
     assert proc.returncode == 0, proc.stderr
     assert "same pid: True" in proc.stdout
-    assert summary(proc)["syscalls"]["i386"] == {"getpid": 1}
-    prog = elf32_getpid_exit(tmp_path / "prog32", status=5)
-    proc = record(["sh", "-c", f"{prog}; echo status $?"], tmp_path / "b.json")
+    assert rp.summary(proc)["syscalls"]["i386"] == {"getpid": 1}
+    prog = rp.elf32_getpid_exit(tmp_path / "prog32", status=5)
+    proc = rp.record(["sh", "-c", f"{prog}; echo status $?"], tmp_path / "b.json")
     assert "status 5" in proc.stdout, proc.stderr
-    info = summary(proc)
+    info = rp.summary(proc)
     assert {"getpid", "exit"} <= set(info["syscalls"]["i386"])
     assert json.loads((tmp_path / "b.json").read_text())["architectures"] == [
         "SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
@@ -93,16 +79,16 @@ def test_compat_calls_are_recorded_under_i386(tmp_path: Path) -> None:
 
 def test_the_notify_backend_in_the_vm(tmp_path: Path) -> None:
     profile = tmp_path / "p.json"
-    rec = record(PIPELINE, profile, "--backend", "notify")
+    rec = rp.record(rp.PIPELINE, profile, "--backend", "notify")
     assert rec.returncode == 0, rec.stderr
-    assert summary(rec)["backend"] == "user-notification"
-    again = replay(PIPELINE, profile, "ebpf")
-    assert again.returncode == 0 and again.stdout.strip() == program_output(rec), again.stderr
+    assert rp.summary(rec)["backend"] == "user-notification"
+    again = rp.replay(rp.PIPELINE, profile, "ebpf")
+    assert again.returncode == 0 and again.stdout.strip() == rp.program_output(rec), again.stderr
 
 
 def test_a_full_ring_buffer_means_no_profile(tmp_path: Path) -> None:
     profile = tmp_path / "p.json"
-    proc = record([TARGET_PY, "-c", PYTHON_WORK], profile, "--backend", "ebpf",
+    proc = rp.record([rp.TARGET_PY, "-c", rp.PYTHON_WORK], profile, "--backend", "ebpf",
                   "--ring-size", str(os.sysconf("SC_PAGE_SIZE")))
     assert proc.returncode == 1
     assert "did not fit in the ring buffer" in proc.stderr
@@ -113,18 +99,18 @@ def test_a_full_ring_buffer_means_no_profile(tmp_path: Path) -> None:
 def test_unprivileged_auto_falls_back_to_notify(tmp_path: Path, unprivileged) -> None:
     os.chmod(tmp_path, 0o777)
     profile = tmp_path / "p.json"
-    base = [PY, "-m", "ebpfseccomp", "record", "--json", "-o", str(profile)]
-    proc = unprivileged.run([*base, "--", *PIPELINE], cwd=str(REPO))
+    base = [rp.PY, "-m", "ebpfseccomp", "record", "--json", "-o", str(profile)]
+    proc = unprivileged.run([*base, "--", *rp.PIPELINE], cwd=str(rp.REPO))
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["backend"] == "user-notification"
     assert any("eBPF backend unavailable" in n for n in info["notes"])
-    forced = unprivileged.run([*base, "--backend", "ebpf", "--", "true"], cwd=str(REPO))
+    forced = unprivileged.run([*base, "--backend", "ebpf", "--", "true"], cwd=str(rp.REPO))
     assert forced.returncode == 2
     assert "--backend ebpf:" in forced.stderr and "Traceback" not in forced.stderr
 
 
 def test_help_mentions_both_backends() -> None:
-    out = subprocess.run([PY, "-m", "ebpfseccomp", "record", "--help"], capture_output=True,
-                         text=True, cwd=REPO).stdout
+    out = subprocess.run([rp.PY, "-m", "ebpfseccomp", "record", "--help"], capture_output=True,
+                         text=True, cwd=rp.REPO).stdout
     assert "ebpf" in out and "notify" in out

@@ -584,6 +584,8 @@ def libbpf() -> ctypes.CDLL:
             "ring_buffer__consume": (ci, [vp]),
             "ring_buffer__free": (None, [vp]),
             "ring_buffer__epoll_fd": (ci, [vp]),
+            "bpf_program__attach": (vp, [vp]),
+            "bpf_link__destroy": (ci, [vp]),
         }
         for name, (res, args) in protos.items():
             fn = getattr(lib, name)
@@ -633,6 +635,21 @@ def object_open(path: str) -> int:
 
 def object_load(obj: int) -> None:
     _neg(libbpf().bpf_object__load(_c_void_p(obj)), "bpf_object__load")
+
+
+def program_attach(prog: int) -> int:
+    """bpf_program__attach: attach as the section name says (e.g. tp_btf/NAME);
+    an opaque link handle for link_destroy."""
+    ctypes.set_errno(0)
+    link = libbpf().bpf_program__attach(_c_void_p(prog))
+    if not link:
+        err = ctypes.get_errno() or _errno.EINVAL
+        raise OSError(err, f"bpf_program__attach: {os.strerror(err)}")
+    return int(link)
+
+
+def link_destroy(link: int) -> None:
+    libbpf().bpf_link__destroy(_c_void_p(link))
 
 
 def object_close(obj: int) -> None:

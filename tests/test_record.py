@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ from ebpfseccomp.record.model import (
     parse_arg_option,
 )
 from ebpfseccomp.record.profile import MAX_COMBOS, dumps, to_profile
+from ebpfseccomp.record.tracepoint import unavailable as tracepoint_unavailable
 
 NATIVE_X86 = os.uname().machine == "x86_64"
 
@@ -64,6 +66,13 @@ def _notify_usable() -> str | None:
 
 needs_notify = pytest.mark.skipif(_notify_usable() is not None,
                                   reason=str(_notify_usable()))
+_TP_UNAVAILABLE = tracepoint_unavailable()
+needs_tracepoint = pytest.mark.skipif(_TP_UNAVAILABLE is not None,
+                                      reason=f"tracepoint backend: {_TP_UNAVAILABLE}")
+#: The backends that run on a stock kernel, each with the reason it cannot here.
+HOST_BACKENDS = [pytest.param("notify", marks=needs_notify),
+                 pytest.param("tracepoint", marks=needs_tracepoint)]
+BACKEND_NAMES = {"notify": "user-notification", "tracepoint": "tracepoint"}
 needs_x86 = pytest.mark.skipif(not NATIVE_X86, reason="i386 ABI tests need an x86_64 host")
 
 
@@ -219,12 +228,12 @@ def test_a_command_that_cannot_be_run(tmp_path: Path) -> None:
 # --- real programs, recorded and re-run under their profile ------------------
 
 
-def _record_and_replay(cmd: list[str], tmp_path: Path, *extra: str) -> dict:
+def _record_and_replay(cmd: list[str], tmp_path: Path, backend: str, *extra: str) -> dict:
     profile = tmp_path / "profile.json"
-    rec = record(cmd, profile, "--backend", "notify", *extra)
+    rec = record(cmd, profile, "--backend", backend, *extra)
     assert rec.returncode == 0, rec.stderr
     info = summary(rec)
-    assert info["backend"] == "user-notification"
+    assert info["backend"] == BACKEND_NAMES[backend]
     assert info["lost"] == 0
     _is_valid_profile(profile)
     again = replay(cmd, profile, "classic")
@@ -233,29 +242,30 @@ def _record_and_replay(cmd: list[str], tmp_path: Path, *extra: str) -> dict:
     return info
 
 
-@needs_notify
 @pytest.mark.slow
-def test_shell_pipeline_runs_again_under_its_profile(tmp_path: Path) -> None:
-    info = _record_and_replay(PIPELINE, tmp_path)
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_shell_pipeline_runs_again_under_its_profile(tmp_path: Path, backend: str) -> None:
+    info = _record_and_replay(PIPELINE, tmp_path, backend)
     calls = info["syscalls"][info["abis"][0]]
     assert {"execve", "pipe2", "wait4"} <= set(calls) or {"execve", "pipe", "wait4"} <= set(calls)
     assert info["tasks"] >= 3  # sh, ls, sort, wc
 
 
-@needs_notify
 @pytest.mark.slow
-def test_python_with_threads_and_a_child_runs_again(tmp_path: Path) -> None:
-    info = _record_and_replay([TARGET_PY, "-c", PYTHON_WORK], tmp_path, "--with-args")
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_python_with_threads_and_a_child_runs_again(tmp_path: Path, backend: str) -> None:
+    info = _record_and_replay([TARGET_PY, "-c", PYTHON_WORK], tmp_path, backend, "--with-args")
     calls = info["syscalls"]["x86_64" if NATIVE_X86 else "aarch64"]
     assert calls["clone" if "clone" in calls else "clone3"] >= 4
     assert "mmap" in info["arg_values"][info["abis"][0]]
 
 
-@needs_notify
 @pytest.mark.slow
-def test_tcp_server_and_client_run_again_with_argument_rules(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_tcp_server_and_client_run_again_with_argument_rules(tmp_path: Path, backend: str
+                                                             ) -> None:
     cmd = [TARGET_PY, "-c", TCP_PAIR]
-    info = _record_and_replay(cmd, tmp_path, "--with-args")
+    info = _record_and_replay(cmd, tmp_path, backend, "--with-args")
     sockets = info["arg_values"][info["abis"][0]]["socket"]
     assert any(v["args"]["0:family"] == hex(2) for v in sockets)  # AF_INET
     # the argument rules are enforced: an AF_UNIX socket is not what was recorded
@@ -266,18 +276,18 @@ def test_tcp_server_and_client_run_again_with_argument_rules(tmp_path: Path) -> 
 @needs_notify
 def test_unknown_numbers_and_bogus_pointers(tmp_path: Path) -> None:
     cmd = [TARGET_PY, "-c", ODD_CALLS]
-    info = _record_and_replay(cmd, tmp_path)
+    info = _record_and_replay(cmd, tmp_path, "notify")
     assert {"abi": info["abis"][0], "nr": 100000, "count": 1} in info["unnamed"]
     out = program_output(record(cmd, tmp_path / "again.json", "--backend", "notify"))
     assert out.split()[:2] == ["-1", str(errno.ENOSYS)]
     assert out.split()[3] == str(errno.EFAULT)
 
 
-@needs_notify
 @needs_x86
-def test_int80_calls_are_recorded_under_i386(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_int80_calls_are_recorded_under_i386(tmp_path: Path, backend: str) -> None:
     profile = tmp_path / "p.json"
-    proc = record([TARGET_PY, "-c", INT80_GETPID], profile, "--backend", "notify")
+    proc = record([TARGET_PY, "-c", INT80_GETPID], profile, "--backend", backend)
     assert proc.returncode == 0, proc.stderr
     if "same pid: True" not in proc.stdout:
         pytest.skip("this kernel does not run i386 syscalls (no IA32 emulation)")
@@ -286,18 +296,46 @@ def test_int80_calls_are_recorded_under_i386(tmp_path: Path) -> None:
     assert "SCMP_ARCH_X86" in json.loads(profile.read_text())["architectures"]
 
 
-@needs_notify
 @needs_x86
-def test_a_64_bit_program_execing_a_32_bit_one_is_recorded_under_both(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", HOST_BACKENDS)
+def test_a_64_bit_program_execing_a_32_bit_one_is_recorded_under_both(tmp_path: Path,
+                                                                      backend: str) -> None:
     prog = elf32_getpid_exit(tmp_path / "prog32", status=7)
     proc = record(["sh", "-c", f"{prog}; echo status $?"], tmp_path / "p.json",
-                  "--backend", "notify")
+                  "--backend", backend)
     if "status 7" not in proc.stdout:
         pytest.skip(f"this kernel does not run i386 programs: {proc.stdout!r}")
     info = summary(proc)
     assert {"getpid", "exit"} <= set(info["syscalls"]["i386"])
     assert "execve" in info["syscalls"]["x86_64"]
     assert info["abis"] == ["i386", "x86_64"]
+
+
+@needs_notify
+@needs_tracepoint
+def test_notify_and_tracepoint_see_the_same_syscalls(tmp_path: Path) -> None:
+    seen = {}
+    for backend in ("notify", "tracepoint"):
+        proc = record(PIPELINE, tmp_path / f"{backend}.json", "--backend", backend)
+        assert proc.returncode == 0, proc.stderr
+        seen[backend] = summary(proc)["syscalls"]
+    assert seen["notify"] == seen["tracepoint"]
+
+
+@needs_tracepoint
+def test_tracepoint_forks_are_followed_and_nothing_stays_attached(tmp_path: Path) -> None:
+    proc = record(["sh", "-c", "(sh -c 'getconf PAGESIZE' &); sleep 0.2"],
+                  tmp_path / "p.json", "--backend", "tracepoint")
+    assert proc.returncode == 0, proc.stderr
+    assert summary(proc)["tasks"] >= 3
+    # the kernel frees the programs shortly after the recorder's last reference goes
+    deadline = time.monotonic() + 15
+    while shutil.which("bpftool"):
+        left = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True)
+        if left.returncode != 0 or "record_sys_enter" not in left.stdout:
+            break
+        assert time.monotonic() < deadline, "the tracepoint program outlived the recorder"
+        time.sleep(0.2)
 
 
 # --- what an untrusted program can do to the recorder ------------------------

@@ -34,10 +34,13 @@ refuse a later run that takes a different path.
 Backends (--backend; the one used is named on stderr and in --json):
   ebpf     an eBPF seccomp filter that logs each call to a ring buffer and
            allows it (patched kernel; CAP_BPF and CAP_PERFMON); fast
+  tracepoint
+           a program on the raw_syscalls:sys_enter tracepoint (any kernel with
+           BTF, x86_64; root); fast, but runs for every task of the machine
   notify   seccomp user notification: every call waits for the recorder,
            which lets it continue (no privilege, any kernel >= 5.6, needs
            ptrace access to the child: Yama ptrace_scope 0 or 1); slow
-  auto     ebpf where it can run, else notify (default)
+  auto     the first of ebpf, tracepoint, notify that can run here (default)
 
 The command runs with no_new_privs (setuid binaries do not gain privilege,
 as under `run`).  Recording ends when the last process of the tree exits;
@@ -63,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write argument rules for the recorded values")
     p.add_argument("--args", metavar="SYSCALL:INDEX", action="append", default=[],
                    help="also record argument INDEX (0-5) of SYSCALL (repeatable)")
-    p.add_argument("--backend", choices=("auto", "ebpf", "notify"), default="auto",
+    p.add_argument("--backend", choices=("auto", "ebpf", "tracepoint", "notify"),
+                   default="auto",
                    help="how to record (default: auto)")
     p.add_argument("--ring-size", type=int, metavar="BYTES",
-                   help="the eBPF backend's ring buffer (power of two; default 16 MiB)")
+                   help="ring buffer of the ebpf and tracepoint backends (power of two; "
+                   "default 16 MiB)")
     p.add_argument("--default-errno", choices=("ENOSYS", "EPERM"), default="ENOSYS",
                    help="what unlisted calls fail with (default: ENOSYS)")
     p.add_argument("--filter-out", metavar="FILTER.{c,o}",

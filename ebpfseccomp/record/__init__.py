@@ -28,41 +28,54 @@ from .profile import to_profile
 __all__ = ["ARG_TABLE", "BACKENDS", "Recording", "arg_table", "choose_backend",
            "parse_arg_option", "record", "to_profile"]
 
-#: Backend names `--backend` accepts, besides auto.
-BACKENDS = ("ebpf", "notify")
+#: Backend names `--backend` accepts, besides auto, in the order auto tries them.
+BACKENDS = ("ebpf", "tracepoint", "notify")
 
 
-def choose_backend(wanted: str = "auto", ring_bytes: int | None = None
-                   ) -> tuple[Backend, str]:
-    """(backend, why it was chosen) for `--backend WANTED`; RING_BYTES sizes the
-    eBPF backend's ring buffer (a power of two, at least a page)."""
-    if wanted not in ("auto", *BACKENDS):
-        raise UsageError(f"unknown backend {wanted!r}", hint="one of auto, "
-                         + ", ".join(BACKENDS))
-    if wanted == "notify":
-        from .notify import NotifyBackend
-
-        return NotifyBackend(), "--backend notify"
-    from .ebpf import RING_BYTES, EbpfBackend, unavailable
+def _ring_bytes(ring_bytes: int | None) -> int:
+    from .ebpf import RING_BYTES
 
     ring = RING_BYTES if ring_bytes is None else ring_bytes
     page = os.sysconf("SC_PAGE_SIZE")
     if ring < page or ring & (ring - 1) or ring > 1 << 30:
         raise UsageError(f"--ring-size {ring}: must be a power of two from {page} to 2**30",
                          hint="e.g. --ring-size 67108864 (64 MiB)")
+    return ring
 
-    if wanted == "ebpf":
-        why_not = unavailable()
+
+def choose_backend(wanted: str = "auto", ring_bytes: int | None = None
+                   ) -> tuple[Backend, str]:
+    """(backend, why it was chosen) for `--backend WANTED`; RING_BYTES sizes the
+    ring buffer of the eBPF and tracepoint backends (a power of two, at least a page)."""
+    if wanted not in ("auto", *BACKENDS):
+        raise UsageError(f"unknown backend {wanted!r}", hint="one of auto, "
+                         + ", ".join(BACKENDS))
+    from . import ebpf, notify, tracepoint
+
+    ring = _ring_bytes(ring_bytes)
+    makers = {
+        "ebpf": (ebpf.unavailable, lambda: ebpf.EbpfBackend(ring),
+                 "this kernel runs eBPF seccomp filters and this user may load one"),
+        "tracepoint": (tracepoint.unavailable, lambda: tracepoint.TracepointBackend(ring),
+                       "no eBPF seccomp here; root may trace raw_syscalls with BTF"),
+        "notify": (lambda: None, notify.NotifyBackend,
+                   "needs no privilege"),
+    }
+    if wanted != "auto":
+        why_not_fn, make, _ = makers[wanted]
+        why_not = why_not_fn()
         if why_not:
-            raise UsageError(f"--backend ebpf: {why_not}",
+            raise UsageError(f"--backend {wanted}: {why_not}",
                              hint="--backend notify works on any kernel without privilege")
-        return EbpfBackend(ring), "--backend ebpf"
-    why_not = unavailable()
-    if why_not is None:
-        return EbpfBackend(ring), "this kernel runs eBPF seccomp filters and this user may load one"
-    from .notify import NotifyBackend
-
-    return NotifyBackend(), f"eBPF backend unavailable: {why_not}"
+        return make(), f"--backend {wanted}"
+    refused = []
+    for name in BACKENDS:
+        why_not_fn, make, why = makers[name]
+        why_not = why_not_fn()
+        if why_not is None:
+            return make(), "; ".join([*refused, why])
+        refused.append(f"{name}: {why_not}")
+    raise AssertionError("notify is always available")
 
 
 def record(cmd: list[str], backend: str = "auto", extra_args: tuple[tuple[str, int], ...] = (),

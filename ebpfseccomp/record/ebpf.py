@@ -22,8 +22,9 @@ import tempfile
 from pathlib import Path
 
 from .. import sys as _sys
-from ..contract import Tier
+from ..contract import SECCOMP_FILTER_FLAG_EXTENDED, Tier
 from ..errors import EbpfSeccompError
+from ..loader import Program
 from .model import Recording
 
 #: struct record_event of recorder.c
@@ -32,18 +33,58 @@ EVENT = struct.Struct("<iIII6Q")
 RING_BYTES = 16 * 1024 * 1024
 
 
-def source_path() -> Path:
-    """bpf/record/recorder.c of the checkout, or the installed copy."""
+def source_path(name: str = "recorder.c") -> Path:
+    """bpf/record/NAME of the checkout, or the installed copy."""
     import sys
 
     here = Path(__file__).resolve().parent
-    candidates = [here.parent.parent / "bpf" / "record" / "recorder.c",
-                  Path(sys.prefix) / "share" / "ebpfseccomp" / "record" / "recorder.c"]
+    candidates = [here.parent.parent / "bpf" / "record" / name,
+                  Path(sys.prefix) / "share" / "ebpfseccomp" / "record" / name]
     for c in candidates:
         if c.is_file():
             return c
-    raise EbpfSeccompError("cannot find the recorder filter's source (bpf/record/recorder.c)",
+    raise EbpfSeccompError(f"cannot find the recorder's BPF source (bpf/record/{name})",
                            hint="run from a checkout, or reinstall ebpfseccomp")
+
+
+class RingEvents:
+    """The ring buffer `events` of recorder.c and tracepoint.c, read into a Recording."""
+
+    def __init__(self, map_fd: int) -> None:
+        self._pending: list[bytes] = []
+        self.ring: _sys.RingBuffer | None = _sys.RingBuffer(map_fd, self._pending.append)
+
+    def fds(self) -> list[int]:
+        return [self.ring.fileno()] if self.ring is not None else []
+
+    def _flush(self, rec: Recording) -> None:
+        for raw in self._pending:
+            if len(raw) < EVENT.size:
+                continue
+            nr, arch, tgid, _pad, *args = EVENT.unpack_from(raw)
+            rec.add(arch, nr, args, tgid)
+        self._pending.clear()
+
+    def drain(self, rec: Recording) -> None:
+        if self.ring is None:
+            return
+        while self.ring.consume() > 0:
+            self._flush(rec)
+        self._flush(rec)
+
+    def close(self) -> None:
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+
+def refuse_if_lost(rec: Recording) -> None:
+    """A recording that lost calls would give a profile allowing less than was done."""
+    if rec.lost:
+        raise EbpfSeccompError(
+            f"{rec.lost} calls did not fit in the ring buffer: the recording is "
+            "incomplete and no profile was written",
+            hint="record again with a larger --ring-size, or use --backend notify")
 
 
 def unavailable() -> str | None:
@@ -71,10 +112,8 @@ class EbpfBackend:
 
     def __init__(self, ring_bytes: int = RING_BYTES) -> None:
         self.ring_bytes = ring_bytes
-        self.prog: object | None = None
-        self.ring: _sys.RingBuffer | None = None
-        self._rec: Recording | None = None
-        self._pending: list[bytes] = []
+        self.prog: Program | None = None
+        self.events: RingEvents | None = None
 
     def prepare(self) -> None:
         from ..build import build
@@ -85,50 +124,35 @@ class EbpfBackend:
                         defines={"RECORD_RING_BYTES": self.ring_bytes})
             # the static checker does not model ring buffers yet: the kernel decides
             self.prog = load(str(obj), None, check=False)
-        events = self.prog.maps["events"]  # type: ignore[attr-defined]
-        self.ring = _sys.RingBuffer(events.fd, self._pending.append)
+        self.events = RingEvents(self.prog.maps["events"].fd)
 
     def attach_in_child(self) -> None:
+        assert self.prog is not None
         _sys.set_no_new_privs()
-        _sys.seccomp_attach_fd(self.prog.fileno(), 1 << 6)  # type: ignore[attr-defined]
+        _sys.seccomp_attach_fd(self.prog.fileno(), SECCOMP_FILTER_FLAG_EXTENDED)
 
     def started(self, pid: int, pidfd: int, deadline: float) -> None:
         pass
 
     def fds(self) -> list[int]:
-        return [self.ring.fileno()] if self.ring is not None else []
-
-    def _flush(self, rec: Recording) -> None:
-        for raw in self._pending:
-            if len(raw) < EVENT.size:
-                continue
-            nr, arch, tgid, _pad, *args = EVENT.unpack_from(raw)
-            rec.add(arch, nr, args, tgid)
-        self._pending.clear()
+        return self.events.fds() if self.events is not None else []
 
     def drain(self, rec: Recording) -> bool:
-        assert self.ring is not None
-        while self.ring.consume() > 0:
-            self._flush(rec)
-        self._flush(rec)
+        if self.events is not None:
+            self.events.drain(rec)
         return True
 
     def close(self, rec: Recording) -> None:
         try:
-            if self.ring is not None:
-                self.drain(rec)
-            lost = self.prog.maps["lost"].lookup_int(0) if self.prog else 0  # type: ignore
-            rec.lost = int(lost or 0)
-        finally:
-            if self.ring is not None:
-                self.ring.close()
-                self.ring = None
+            if self.events is not None:
+                self.events.drain(rec)
             if self.prog is not None:
-                self.prog.close()  # type: ignore[attr-defined]
+                rec.lost = int(self.prog.maps["lost"].lookup_int(0) or 0)
+        finally:
+            if self.events is not None:
+                self.events.close()
+                self.events = None
+            if self.prog is not None:
+                self.prog.close()
                 self.prog = None
-        if rec.lost:
-            raise EbpfSeccompError(
-                f"{rec.lost} calls did not fit in the ring buffer: the recording is "
-                "incomplete and no profile was written",
-                hint="record again with a larger --ring-size, or use --backend notify")
-
+        refuse_if_lost(rec)

@@ -58,16 +58,14 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
-    from ebpfseccomp.record.ebpf import unavailable
+    from ebpfseccomp.record import ebpf, tracepoint
 
     profile = Path("/tmp/bench-record-profile.json")
     results: dict[str, dict[str, float | str]] = {
         "unrecorded": measure([], args.calls, profile)}
-    backends = ["notify"]
-    why_not = unavailable()
-    if why_not is None:
-        backends.insert(0, "ebpf")
-    for b in backends:
+    why_not = {"ebpf": ebpf.unavailable(), "tracepoint": tracepoint.unavailable(),
+               "notify": None}
+    for b in [name for name, why in why_not.items() if why is None]:
         results[b] = measure([PY, "-m", "ebpfseccomp", "record", "--backend", b, "-o",
                               str(profile), "--"], args.calls, profile)
     base = results["unrecorded"]["loop_s"]
@@ -75,7 +73,7 @@ def main() -> int:
         if "loop_s" in r:
             r["ratio"] = round(float(r["loop_s"]) / float(base), 1)
     report = {"calls": args.calls, "kernel": os.uname().release, "results": results,
-              "ebpf_unavailable": why_not}
+              "unavailable": {k: v for k, v in why_not.items() if v}}
     if args.json:
         print(json.dumps(report))
         return 0
@@ -88,8 +86,8 @@ def main() -> int:
         per = float(r["loop_s"]) / args.calls * 1e6
         print(f"{name:12} {float(r['loop_s']):10.3f} {per:12.2f} {r['ratio']:7} "
               f"{float(r['wall_s']):10.2f}")
-    if why_not:
-        print(f"ebpf: not measured ({why_not})")
+    for name, why in report["unavailable"].items():
+        print(f"{name}: not measured ({why})")
     return 0
 
 

@@ -40,6 +40,8 @@ from ebpfseccomp.policy import semantics
 from ebpfseccomp.record.model import (
     AUDIT_ARCH_I386,
     AUDIT_ARCH_X86_64,
+    MAX_TUPLES,
+    MAX_UNNAMED,
     X32_SYSCALL_BIT,
     Recording,
     abi_of,
@@ -168,6 +170,19 @@ def test_profile_with_too_many_combinations_allows_the_whole_syscall() -> None:
     prof = to_profile(rec, native="x86_64", with_args=True)
     assert prof["syscalls"] == [{"names": ["ioctl"], "action": "SCMP_ACT_ALLOW",
                                  "comment": prof["syscalls"][0]["comment"]}]
+
+
+def test_a_program_cannot_grow_the_recording_without_bound() -> None:
+    rec = Recording()
+    for v in range(MAX_TUPLES + 10):
+        rec.add(AUDIT_ARCH_X86_64, 16, (0, v, 0, 0, 0, 0), pid=1)
+    for nr in range(100000, 100000 + MAX_UNNAMED + 10):
+        rec.add(AUDIT_ARCH_X86_64, nr, (0,) * 6, pid=1)
+    assert len(rec.values[("x86_64", 16)]) == MAX_TUPLES
+    assert rec.calls[("x86_64", 16)] == MAX_TUPLES + 10
+    assert len(rec.unnamed()) == MAX_UNNAMED and rec.unnamed_dropped == 10
+    prof = to_profile(rec, native="x86_64", with_args=True)
+    assert prof["syscalls"][0]["names"] == ["ioctl"] and "args" not in prof["syscalls"][0]
 
 
 def test_i386_old_mmap_has_no_arguments_to_constrain() -> None:

@@ -138,6 +138,13 @@ def arg_table(extra: list[tuple[str, int]] | tuple[tuple[str, int], ...] = ()
 
 # --- the recording -----------------------------------------------------------
 
+#: Distinct argument tuples kept per syscall; past this the syscall is allowed
+#: whole (profile.MAX_COMBOS is lower), so a program cannot grow the recorder's
+#: memory without bound by varying an argument.
+MAX_TUPLES = 1024
+#: Distinct numbers without a name kept; the rest are counted together.
+MAX_UNNAMED = 4096
+
 
 @dataclass
 class Recording:
@@ -149,6 +156,8 @@ class Recording:
     tasks: set[int] = field(default_factory=set)
     events: int = 0
     lost: int = 0  # events a backend reports it could not deliver
+    overflowed: set[tuple[str, int]] = field(default_factory=set)  # > MAX_TUPLES tuples
+    unnamed_dropped: int = 0  # calls of numbers past MAX_UNNAMED distinct ones
     skipped_before_exec: int = 0
     exit_status: int | None = None
     timed_out: bool = False
@@ -156,6 +165,7 @@ class Recording:
     _specs: dict[tuple[str, int], tuple[ArgSpec, ...]] = field(default_factory=dict, repr=False)
     _started: bool = field(default=True, repr=False)
     _leader: int = field(default=0, repr=False)
+    _unnamed: int = field(default=0, repr=False)
 
     def start_at_exec_of(self, pid: int) -> None:
         """Ignore PID's calls until its first execve/execveat (the recorder's own
@@ -183,12 +193,21 @@ class Recording:
         self.events += 1
         self.tasks.add(pid)
         key = (abi, num)
+        if key not in self.calls and syscall_name(abi, num) is None:
+            self._unnamed += 1
+            if self._unnamed > MAX_UNNAMED:
+                self.unnamed_dropped += 1
+                return  # gets the default action (ENOSYS) anyway: nothing to allow
         self.calls[key] += 1
         specs = self.specs(abi, num)
-        if specs:
+        if specs and key not in self.overflowed:
             combo = tuple(args[s.index] & (0xFFFFFFFF if s.bits == 32 else 0xFFFFFFFFFFFFFFFF)
                           for s in specs)
-            self.values.setdefault(key, Counter())[combo] += 1
+            seen = self.values.setdefault(key, Counter())
+            if combo in seen or len(seen) < MAX_TUPLES:
+                seen[combo] += 1
+            else:
+                self.overflowed.add(key)
 
     # --- views ---
 
@@ -230,6 +249,7 @@ class Recording:
             "abis": self.abis(),
             "syscalls": self.named(),
             "unnamed": [{"abi": a, "nr": n, "count": c} for a, n, c in self.unnamed()],
+            "unnamed_not_kept": self.unnamed_dropped,
             "arg_values": arg_values,
             "notes": list(self.notes),
         }

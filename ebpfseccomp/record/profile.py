@@ -61,7 +61,8 @@ def to_profile(rec: Recording, native: str = "x86_64", with_args: bool = False,
         if name is None:
             continue
         specs = rec.specs(abi, num)
-        if not with_args or not specs or (abi, name) in NOT_IN_REGISTERS:
+        if not with_args or not specs or (abi, name) in NOT_IN_REGISTERS \
+                or (abi, num) in rec.overflowed:
             whole.add(name)
             continue
         for combo in rec.values.get((abi, num), {}):

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -96,8 +97,13 @@ def test_a_full_ring_buffer_means_no_profile(tmp_path: Path) -> None:
     assert not profile.exists()
 
 
-def test_unprivileged_auto_falls_back_to_notify(tmp_path: Path, unprivileged) -> None:
-    os.chmod(tmp_path, 0o777)
+def test_unprivileged_auto_falls_back_to_notify(unprivileged) -> None:
+    with tempfile.TemporaryDirectory(prefix="record-") as tmp:  # pytest's tmp_path is 0700
+        os.chmod(tmp, 0o777)
+        _unprivileged_auto(Path(tmp), unprivileged)
+
+
+def _unprivileged_auto(tmp_path: Path, unprivileged) -> None:
     profile = tmp_path / "p.json"
     base = [rp.PY, "-m", "ebpfseccomp", "record", "--json", "-o", str(profile)]
     proc = unprivileged.run([*base, "--", *rp.PIPELINE], cwd=str(rp.REPO))

@@ -28,7 +28,7 @@ DESCRIPTION = """\
 eBPF seccomp filters.  Record what a program does, or start from the seccomp
 profile your container runtime already uses:
 
-  ebpfseccomp record -o seccomp.json -- CMD     run CMD, write the profile it needs
+  ebpfseccomp record -o seccomp.json -- CMD       run CMD, write the profile it needs
   ebpfseccomp convert seccomp.json -o filter.o    OCI/Docker profile -> eBPF filter
   ebpfseccomp run --profile seccomp.json -- CMD   attach it (or libseccomp's classic
                                                   filter where eBPF is not supported)

@@ -21,7 +21,6 @@ import select
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Protocol
 
 from .. import sys as _sys
@@ -135,7 +134,7 @@ def kill_tree(reaper: _Reaper) -> None:
 
 
 def run(cmd: list[str], backend: Backend, rec: Recording, *, timeout: float | None = None,
-        grace: float = 2.0, on_start: Callable[[int], None] | None = None) -> Recording:
+        grace: float = 2.0) -> Recording:
     """Record CMD with BACKEND into REC; see the module doc."""
     backend.prepare()
     rec.backend = backend.name
@@ -157,8 +156,6 @@ def run(cmd: list[str], backend: Backend, rec: Recording, *, timeout: float | No
             except BaseException:
                 kill_tree(reaper)
                 raise
-            if on_start:
-                on_start(pid)
             _loop(backend, rec, reaper, deadline, grace)
         finally:
             os.close(pidfd)

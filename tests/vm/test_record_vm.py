@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -120,3 +121,21 @@ def test_help_mentions_both_backends() -> None:
     out = subprocess.run([rp.PY, "-m", "ebpfseccomp", "record", "--help"], capture_output=True,
                          text=True, cwd=rp.REPO).stdout
     assert "ebpf" in out and "notify" in out
+
+
+def test_a_setuid_binary_gains_no_privilege_while_recorded(unprivileged) -> None:
+    with tempfile.TemporaryDirectory(prefix="record-suid-") as tmp:
+        os.chmod(tmp, 0o755)
+        suid = Path(tmp) / "id"
+        shutil.copy("/usr/bin/id", suid)
+        os.chmod(suid, 0o4755)
+        plain = unprivileged.run([str(suid), "-u"])
+        if plain.stdout.strip() != "0":
+            pytest.skip(f"setuid does not take effect in {tmp} ({plain.stdout.strip()!r})")
+        out = Path(tempfile.mkdtemp(prefix="record-out-"))
+        os.chmod(out, 0o777)
+        proc = unprivileged.run([rp.PY, "-m", "ebpfseccomp", "record", "--json", "-o",
+                                 str(out / "p.json"), "--", str(suid), "-u"], cwd=str(rp.REPO))
+        shutil.rmtree(out)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines()[0] == "65534"  # no_new_privs: the bit is ignored

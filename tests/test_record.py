@@ -333,7 +333,8 @@ def test_notify_and_tracepoint_see_the_same_syscalls(tmp_path: Path) -> None:
     for backend in ("notify", "tracepoint"):
         proc = record(PIPELINE, tmp_path / f"{backend}.json", "--backend", backend)
         assert proc.returncode == 0, proc.stderr
-        seen[backend] = summary(proc)["syscalls"]
+        # names, not counts: how often a pipe is read depends on scheduling
+        seen[backend] = {abi: set(calls) for abi, calls in summary(proc)["syscalls"].items()}
     assert seen["notify"] == seen["tracepoint"]
 
 

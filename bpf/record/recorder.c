@@ -11,46 +11,14 @@
  *
  * A call for which the buffer has no room is still allowed, and counted in
  * `lost`: the recorder refuses to write a profile then (it would allow less
- * than the program did).  RECORD_RING_BYTES (a power of two, a multiple of
- * the page size) sizes the buffer; the recorder passes it with -D.
+ * than the program did).  The buffer and the record: record_event.h.
  *
  * Tier: tracing (bpf_ringbuf_* are base helpers: the loader needs CAP_BPF
  * and CAP_PERFMON).  The program never reads user memory.
  */
 #include <ebpfseccomp/filter.h>
 
-#ifndef RECORD_RING_BYTES
-#define RECORD_RING_BYTES (16 * 1024 * 1024)
-#endif
-
-#ifndef BPF_MAP_TYPE_RINGBUF
-#define BPF_MAP_TYPE_RINGBUF 27
-#endif
-
-/* Base helpers (ids of enum bpf_func_id), granted at the tracing tier. */
-static void *(* const bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
-static void (* const bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
-
-/* One record; ebpfseccomp/record/ebpf.py reads the same layout. */
-struct record_event {
-	__s32 nr;
-	__u32 arch;
-	__u32 tgid;
-	__u32 pad;
-	__u64 args[6];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, RECORD_RING_BYTES);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
+#include "record_event.h"
 
 SEC("seccomp")
 int record_calls(struct seccomp_data *ctx)

@@ -23,17 +23,12 @@
  */
 #include <ebpfseccomp/defs.h>
 
-#ifndef RECORD_RING_BYTES
-#define RECORD_RING_BYTES (16 * 1024 * 1024)
-#endif
-
 #define SEC(name) __attribute__((section(name), used))
 #define __uint(name, val) int (*name)[val]
 #define __type(name, val) typeof(val) *name
 
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
-#define BPF_MAP_TYPE_RINGBUF 27
 #define BPF_ANY 0
 
 #define TS_COMPAT 0x0002
@@ -44,8 +39,6 @@ static void *(* const bpf_map_lookup_elem)(void *map, const void *key) = (void *
 static long (* const bpf_map_update_elem)(void *map, const void *key, const void *value,
 					  __u64 flags) = (void *)2;
 static __u64 (* const bpf_get_current_pid_tgid)(void) = (void *)14;
-static void *(* const bpf_ringbuf_reserve)(void *ringbuf, __u64 size, __u64 flags) = (void *)131;
-static void (* const bpf_ringbuf_submit)(void *data, __u64 flags) = (void *)132;
 static void *(* const bpf_get_current_task_btf)(void) = (void *)158;
 
 /* The fields read here, as the kernel's BTF names them (x86_64). */
@@ -62,25 +55,7 @@ struct task_struct {
 	int tgid;
 } __attribute__((preserve_access_index));
 
-struct record_event {
-	__s32 nr;
-	__u32 arch;
-	__u32 tgid;
-	__u32 pad;
-	__u64 args[6];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, RECORD_RING_BYTES);
-} events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} lost SEC(".maps");
+#include "record_event.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -78,6 +78,34 @@ class RingEvents:
             self.ring = None
 
 
+def lacks_bpf_caps() -> bool:
+    """True unless this process has CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)."""
+    caps = _sys.capget().effective
+    need = (1 << _sys.CAP_BPF) | (1 << _sys.CAP_PERFMON)
+    return caps & need != need and not caps & (1 << _sys.CAP_SYS_ADMIN)
+
+
+class RingBackend:
+    """What the ebpf and tracepoint backends share: the ring buffer `events`."""
+
+    name = ""
+
+    def __init__(self, ring_bytes: int = RING_BYTES) -> None:
+        self.ring_bytes = ring_bytes
+        self.events: RingEvents | None = None
+
+    def started(self, pid: int, pidfd: int, deadline: float) -> None:
+        pass
+
+    def fds(self) -> list[int]:
+        return self.events.fds() if self.events is not None else []
+
+    def drain(self, rec: Recording) -> bool:
+        if self.events is not None:
+            self.events.drain(rec)
+        return True
+
+
 def refuse_if_lost(rec: Recording) -> None:
     """A recording that lost calls would give a profile allowing less than was done."""
     if rec.lost:
@@ -97,9 +125,7 @@ def unavailable() -> str | None:
         return f"cannot probe the kernel: {exc.strerror or exc}"
     if not support.supported:
         return f"kernel {support.release} does not run eBPF seccomp filters"
-    caps = _sys.capget().effective
-    need = (1 << _sys.CAP_BPF) | (1 << _sys.CAP_PERFMON)
-    if caps & need != need and not caps & (1 << _sys.CAP_SYS_ADMIN):
+    if lacks_bpf_caps():
         return "the recording filter's ring buffer needs CAP_BPF and CAP_PERFMON"
     if support.tier < Tier.TRACING:
         return f"this loader would get tier {support.tier.name.lower()}, the ring buffer " \
@@ -107,13 +133,12 @@ def unavailable() -> str | None:
     return None
 
 
-class EbpfBackend:
+class EbpfBackend(RingBackend):
     name = "ebpf-seccomp"
 
     def __init__(self, ring_bytes: int = RING_BYTES) -> None:
-        self.ring_bytes = ring_bytes
+        super().__init__(ring_bytes)
         self.prog: Program | None = None
-        self.events: RingEvents | None = None
 
     def prepare(self) -> None:
         from ..build import build
@@ -130,17 +155,6 @@ class EbpfBackend:
         assert self.prog is not None
         _sys.set_no_new_privs()
         _sys.seccomp_attach_fd(self.prog.fileno(), SECCOMP_FILTER_FLAG_EXTENDED)
-
-    def started(self, pid: int, pidfd: int, deadline: float) -> None:
-        pass
-
-    def fds(self) -> list[int]:
-        return self.events.fds() if self.events is not None else []
-
-    def drain(self, rec: Recording) -> bool:
-        if self.events is not None:
-            self.events.drain(rec)
-        return True
 
     def close(self, rec: Recording) -> None:
         try:

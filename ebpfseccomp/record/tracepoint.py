@@ -22,7 +22,14 @@ from pathlib import Path
 
 from .. import sys as _sys
 from ..errors import EbpfSeccompError
-from .ebpf import RING_BYTES, RingEvents, refuse_if_lost, source_path
+from .ebpf import (
+    RING_BYTES,
+    RingBackend,
+    RingEvents,
+    lacks_bpf_caps,
+    refuse_if_lost,
+    source_path,
+)
 from .model import Recording
 
 
@@ -32,9 +39,7 @@ def unavailable() -> str | None:
         return "the tracepoint programs read x86_64 registers"
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "the kernel has no BTF (/sys/kernel/btf/vmlinux)"
-    caps = _sys.capget().effective
-    need = (1 << _sys.CAP_BPF) | (1 << _sys.CAP_PERFMON)
-    if caps & need != need and not caps & (1 << _sys.CAP_SYS_ADMIN):
+    if lacks_bpf_caps():
         return "tracepoint programs need CAP_BPF and CAP_PERFMON"
     try:
         with open("/proc/self/status") as f:
@@ -46,14 +51,13 @@ def unavailable() -> str | None:
     return None
 
 
-class TracepointBackend:
+class TracepointBackend(RingBackend):
     name = "tracepoint"
 
     def __init__(self, ring_bytes: int = RING_BYTES) -> None:
-        self.ring_bytes = ring_bytes
+        super().__init__(ring_bytes)
         self.obj: int | None = None
         self.links: list[int] = []
-        self.events: RingEvents | None = None
         self._go: tuple[int, int] | None = None
 
     def _map_fd(self, name: str) -> int:
@@ -100,14 +104,6 @@ class TracepointBackend:
         os.write(w, b"g")
         os.close(w)
         self._go = None
-
-    def fds(self) -> list[int]:
-        return self.events.fds() if self.events is not None else []
-
-    def drain(self, rec: Recording) -> bool:
-        if self.events is not None:
-            self.events.drain(rec)
-        return True
 
     def _counter(self, name: str) -> int:
         raw = _sys.map_lookup(self._map_fd(name), bytes(4), 8)

@@ -21,13 +21,14 @@ from . import __version__
 from .errors import EbpfSeccompError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("convert", "build", "check", "disasm", "emulate", "syscalls", "probe", "load", "run",
-            "daemon")
+COMMANDS = ("record", "convert", "build", "check", "disasm", "emulate", "syscalls", "probe", "load",
+            "run", "daemon")
 
 DESCRIPTION = """\
-eBPF seccomp filters.  Start from the seccomp profile your container runtime
-already uses:
+eBPF seccomp filters.  Record what a program does, or start from the seccomp
+profile your container runtime already uses:
 
+  ebpfseccomp record -o seccomp.json -- CMD       run CMD, write the profile it needs
   ebpfseccomp convert seccomp.json -o filter.o    OCI/Docker profile -> eBPF filter
   ebpfseccomp run --profile seccomp.json -- CMD   attach it (or libseccomp's classic
                                                   filter where eBPF is not supported)

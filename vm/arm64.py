@@ -29,6 +29,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import vmlib
 
@@ -316,23 +317,19 @@ def _resolve(cmd: Sequence[str], kdir: Path) -> list[str]:
     )
 
 
-def run_in_vm(
+def run_command(
     cmd: Sequence[str],
     *,
     kdir: Path,
-    user: str | None = None,
-    timeout: float = 600.0,
-    env: dict[str, str] | None = None,
-    share: Sequence[Path] = (),
-    cwd: Path = vmlib.REPO,
-    memory: str = vmlib.DEFAULT_MEMORY,
-    cpus: int = vmlib.DEFAULT_CPUS,
-    stdout: vmlib.Sink = None,
-    stderr: vmlib.Sink = None,
-    rundir: Path | None = None,
-    console_tail: int = 60,
+    rundir: Path | None,
+    user: str | None,
+    cwd: Path,
+    timeout: float,
+    follow: tuple[vmlib.Sink, vmlib.Sink],
+    **boot_options: Any,
 ) -> vmlib.RunResult:
-    """vmlib.run_in_vm for an arm64 kernel: one job, its output relayed live."""
+    """vmlib.run_in_vm for an arm64 kernel: one job, its output relayed live
+    (`follow`: stdout and stderr sinks); boot_options go to boot()."""
     uid = gid = 0
     if user:
         try:
@@ -349,11 +346,10 @@ def run_in_vm(
     if cmd:
         jobs.append(Job("cmd", _resolve(cmd, kdir), timeout=int(timeout), uid=uid, gid=gid,
                         cwd=str(cwd)))  # fmt: skip
-    res = boot(jobs, kdir=kdir, rundir=rundir, env=env, share=share, memory=memory,
-               cpus=cpus, timeout=timeout + 120, follow=(stdout, stderr),
-               console_tail=console_tail)  # fmt: skip
+    res = boot(jobs, kdir=kdir, rundir=rundir, timeout=timeout + 120, follow=follow,
+               **boot_options)  # fmt: skip
     if not cmd and (rundir / "guest.txt").exists():  # no command: what booted
-        os.write(vmlib._sink(stdout, sys.stdout), (rundir / "guest.txt").read_bytes())
+        os.write(vmlib._sink(follow[0], sys.stdout), (rundir / "guest.txt").read_bytes())
     return res
 
 

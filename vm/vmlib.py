@@ -295,9 +295,9 @@ def run_in_vm(
     if (kdir / "Image").exists():  # an arm64 build: QEMU directly (vm/arm64.py)
         import arm64
 
-        return arm64.run_in_vm(
-            cmd, kdir=kdir, user=user, timeout=timeout, env=env, share=share, cwd=cwd,
-            memory=memory, cpus=cpus, stdout=stdout, stderr=stderr, rundir=rundir,
+        return arm64.run_command(
+            cmd, kdir=kdir, rundir=rundir, user=user, cwd=cwd, timeout=timeout,
+            follow=(stdout, stderr), env=env, share=share, memory=memory, cpus=cpus,
             console_tail=console_tail,
         )  # fmt: skip
     bzimage = kdir / "bzImage"

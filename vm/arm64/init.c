@@ -96,7 +96,7 @@ static void mount_9p(const char *tag, const char *path, int readonly)
 {
 	mkdirs(path);
 	if (mount(tag, path, "9p", readonly ? MS_RDONLY : 0,
-		  "trans=virtio,version=9p2000.L,msize=512000,cache=none"))
+		  "trans=virtio,version=9p2000.L,msize=262144,cache=none"))
 		fatal("mount 9p", tag);
 }
 
@@ -194,20 +194,7 @@ static int split(char *line, char **fields, int max)
 	return n;
 }
 
-static void write_text(const char *name, const char *suffix, const char *text)
-{
-	char path[4096];
-	int fd;
-
-	snprintf(path, sizeof(path), "%s/%s%s", rundir, name, suffix);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		fatal("open", path);
-	dprintf(fd, "%s\n", text);
-	fsync(fd);
-	close(fd);
-}
-
+/* RUNDIR/NAMESUFFIX, created or truncated. */
 static int open_output(const char *name, const char *suffix)
 {
 	char path[4096];
@@ -218,6 +205,15 @@ static int open_output(const char *name, const char *suffix)
 	if (fd < 0)
 		fatal("open", path);
 	return fd;
+}
+
+static void write_text(const char *name, const char *suffix, const char *text)
+{
+	int fd = open_output(name, suffix);
+
+	dprintf(fd, "%s\n", text);
+	fsync(fd);
+	close(fd);
 }
 
 static void on_alarm(int sig)
@@ -311,7 +307,7 @@ static void run_job(struct job *job, char **envp)
 /* RUNDIR/guest.txt: kernel release, online CPUs, clocksource (as guest-test). */
 static void guest_facts(void)
 {
-	char clock[64] = "unknown", path[4096];
+	char clock[64] = "unknown";
 	struct utsname u;
 	int fd = open("/sys/devices/system/clocksource/clocksource0/current_clocksource",
 		      O_RDONLY);
@@ -324,10 +320,7 @@ static void guest_facts(void)
 		close(fd);
 	}
 	uname(&u);
-	snprintf(path, sizeof(path), "%s/guest.txt", rundir);
-	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	if (fd < 0)
-		fatal("open", path);
+	fd = open_output("guest.txt", "");
 	dprintf(fd, "kernel=%s\ncpus=%ld\nclocksource=%s\nmachine=%s\n", u.release,
 		sysconf(_SC_NPROCESSORS_ONLN), clock, u.machine);
 	close(fd);

@@ -60,6 +60,7 @@ class Job:
     uid: int = 0
     gid: int = 0
     cwd: str = "/tmp"
+    merge_stderr: bool = False  # stderr into NAME.out too (a TAP stream with its diagnostics)
 
 
 def _check_field(what: str, value: str) -> str:
@@ -201,7 +202,8 @@ def boot(
     lines += [f"env\t{_check_field('an environment entry', f'{k}={v}')}" for k, v in genv.items()]
     for job in jobs:
         lines.append(f"job\t{job.name}\t{int(job.timeout)}\t{job.uid}\t{job.gid}\t"
-                     f"{_check_field('a directory', job.cwd)}")
+                     f"{_check_field('a directory', job.cwd)}\t"
+                     f"{'merged' if job.merge_stderr else 'split'}")
         lines += [f"arg\t{_check_field('an argument', a)}" for a in job.argv]
     (rundir / "guest.conf").write_text("\n".join(lines) + "\n")
     cmd = _qemu_command(kdir, user_dir / "init.cpio", Path(_check_path("the run directory",
@@ -365,7 +367,8 @@ def run_suite(
     jobs: list[Job] = []
     for name in selftests:
         if (kdir / "selftests" / name).is_file():
-            jobs.append(Job(name, [str(kdir / "selftests" / name)], timeout=SELFTEST_TIMEOUT))
+            jobs.append(Job(name, [str(kdir / "selftests" / name)], timeout=SELFTEST_TIMEOUT,
+                            merge_stderr=True))  # fmt: skip
         else:
             vmlib.log(f"no selftest {name} in {kdir / 'selftests'}: not run")
     if enforce:
@@ -380,12 +383,8 @@ def run_suite(
         target = results / (f"{job.name}.jsonl" if job.name == "enforce" else f"{job.name}.tap")
         if out.exists():
             shutil.copyfile(out, target)
-            err = (rundir / f"{job.name}.err").read_text(errors="replace")
-            if job.name != "enforce":  # the TAP stream and its stderr, as guest-test's 2>&1
-                with target.open("a") as f:
-                    f.write(err)
-            else:
-                (results / "enforce.err").write_text(err)
+        if (rundir / f"{job.name}.err").exists():
+            shutil.copyfile(rundir / f"{job.name}.err", results / f"{job.name}.err")
         status = rundir / f"{job.name}.status"
         if status.exists():
             text = status.read_text().strip()

@@ -15,14 +15,16 @@
  *  4. runs each job of the file in turn: stdout into PATH/NAME.out, stderr
  *     into PATH/NAME.err, as the job's uid/gid (no supplementary groups; a
  *     non-zero uid has no capabilities), in its own process group, killed
- *     after its timeout; then writes PATH/NAME.status (the exit status,
+ *     after its timeout (stderr into NAME.out too when the job says
+ *     "merged", as a TAP stream with its diagnostics in order); then
+ *     writes PATH/NAME.status (the exit status,
  *     128 + the signal number, or "timeout");
  *  5. powers the machine off (PSCI), which ends QEMU.
  *
  * guest.conf has one record a line, fields separated by tabs:
  *   mount TAG PATH ro|rw      a 9p share
  *   env NAME=VALUE            for every job
- *   job NAME TIMEOUT UID GID CWD
+ *   job NAME TIMEOUT UID GID CWD merged|split
  *   arg ARGUMENT              the next argv element of the last job
  * The host (vm/arm64.py) refuses paths and arguments holding a tab or a
  * newline, so no quoting is needed.
@@ -228,6 +230,7 @@ struct job {
 	uid_t uid;
 	gid_t gid;
 	char *cwd;
+	int merged;
 	char *argv[MAX_ARGS + 1];
 	int argc;
 };
@@ -235,7 +238,7 @@ struct job {
 static void run_job(struct job *job, char **envp)
 {
 	int out = open_output(job->name, ".out");
-	int err = open_output(job->name, ".err");
+	int err = job->merged ? dup(out) : open_output(job->name, ".err");
 	char status[64];
 	pid_t pid;
 	int st;
@@ -350,14 +353,14 @@ int main(void)
 		lines[nlines++] = l;
 
 	for (int i = 0; i < nlines; i++) {
-		char *f[7];
-		int n = split(lines[i], f, 7);
+		char *f[8];
+		int n = split(lines[i], f, 8);
 
 		if (!strcmp(f[0], "mount") && n == 4) {
 			mount_9p(f[1], f[2], !strcmp(f[3], "ro"));
 		} else if (!strcmp(f[0], "env") && n == 2 && nenv < MAX_ENV) {
 			envp[nenv++] = f[1];
-		} else if (!strcmp(f[0], "job") && n == 6 && njobs < 64) {
+		} else if (!strcmp(f[0], "job") && n == 7 && njobs < 64) {
 			struct job *j = &jobs[njobs++];
 
 			j->name = f[1];
@@ -365,6 +368,7 @@ int main(void)
 			j->uid = strtoul(f[3], NULL, 10);
 			j->gid = strtoul(f[4], NULL, 10);
 			j->cwd = f[5];
+			j->merged = !strcmp(f[6], "merged");
 		} else if (!strcmp(f[0], "arg") && n == 2 && njobs &&
 			   jobs[njobs - 1].argc < MAX_ARGS) {
 			struct job *j = &jobs[njobs - 1];

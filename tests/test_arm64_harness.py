@@ -124,6 +124,19 @@ def test_enforce_refuses_a_truncated_section_table(native_enforce: Path, tmp_pat
     assert "truncated section table" in _refusal(native_enforce, bad)
 
 
+def test_enforce_refuses_section_names_past_the_end(native_enforce: Path, tmp_path: Path) -> None:
+    good = tmp_path / "good.o"
+    build(arm64.ENFORCE_EXAMPLE, good, arch="aarch64")
+    data = bytearray(good.read_bytes())
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shstrndx, = struct.unpack_from("<H", data, 0x3E)
+    # the names section's size (sh_size at +0x20 in its header) runs off the file
+    struct.pack_into("<Q", data, shoff + shstrndx * 64 + 0x20, len(data))
+    bad = tmp_path / "bad.o"
+    bad.write_bytes(bytes(data))
+    assert "truncated section names" in _refusal(native_enforce, bad)
+
+
 def test_enforce_refuses_filters_with_relocations(native_enforce: Path, tmp_path: Path) -> None:
     obj = tmp_path / "hashmap.o"
     build(arm64.ENFORCE_EXAMPLE.parent / "allowlist_hashmap.c", obj, arch="aarch64")

@@ -126,11 +126,13 @@ static void parse_object(const char *path, const void **insns, size_t *insn_byte
 	    eh->e_ident[EI_CLASS] != ELFCLASS64 || eh->e_ident[EI_DATA] != ELFDATA2LSB ||
 	    eh->e_machine != EM_BPF)
 		bad_input(path, "not a little-endian 64-bit BPF ELF object (ebpfseccomp build makes one)");
-	if (eh->e_shoff > len || eh->e_shnum > (len - eh->e_shoff) / sizeof(*sh) ||
-	    eh->e_shstrndx >= eh->e_shnum)
+	if (eh->e_shentsize != sizeof(*sh) || eh->e_shoff > len ||
+	    eh->e_shnum > (len - eh->e_shoff) / sizeof(*sh) || eh->e_shstrndx >= eh->e_shnum)
 		bad_input(path, "truncated section table");
 	sh = (const void *)(buf + eh->e_shoff);
-	if (sh[eh->e_shstrndx].sh_offset > len)
+	if (sh[eh->e_shstrndx].sh_offset > len || !sh[eh->e_shstrndx].sh_size ||
+	    sh[eh->e_shstrndx].sh_size > len - sh[eh->e_shstrndx].sh_offset ||
+	    buf[sh[eh->e_shstrndx].sh_offset + sh[eh->e_shstrndx].sh_size - 1] != '\0')
 		bad_input(path, "truncated section names");
 	names = (const char *)buf + sh[eh->e_shstrndx].sh_offset;
 	*license = NULL;

@@ -92,10 +92,12 @@ def userland() -> Path:
     out = vmlib.cache_dir() / "arm64-userland" / digest.hexdigest()[:16]
     if (out / "init.cpio").exists():
         return out
+    # (mkdtemp makes 0700: `--user nobody` jobs must reach enforce)
     if shutil.which(CROSS_CC) is None:
         raise vmlib.VmError(f"{CROSS_CC} not found: run make deps (vm/install-deps)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="build-", dir=out.parent))
+    tmp.chmod(0o755)
     try:
         for name in SOURCES:
             binary = tmp / Path(name).stem

@@ -75,7 +75,23 @@ static void fatal(const char *what, const char *arg)
 	power_off();
 }
 
-/* mkdir -p, mode 0755 for what it creates (traversable by every uid). */
+/*
+ * mkdir -p.  Every directory of the initramfs on the way gets mode 0755, so
+ * that every uid can reach the shares (the kernel makes /root 0700); the
+ * directories of a share mounted earlier keep the host's modes.
+ */
+static void mkdir_reachable(const char *dir)
+{
+	static dev_t rootfs_dev;
+	struct stat st;
+
+	if (!rootfs_dev && !stat("/", &st))
+		rootfs_dev = st.st_dev;
+	mkdir(dir, 0755);
+	if (!stat(dir, &st) && st.st_dev == rootfs_dev)
+		chmod(dir, 0755);
+}
+
 static void mkdirs(const char *path)
 {
 	char buf[4096];
@@ -88,10 +104,10 @@ static void mkdirs(const char *path)
 		if (*p != '/')
 			continue;
 		*p = '\0';
-		mkdir(buf, 0755);
+		mkdir_reachable(buf);
 		*p = '/';
 	}
-	mkdir(buf, 0755);
+	mkdir_reachable(buf);
 }
 
 static void mount_9p(const char *tag, const char *path, int readonly)

@@ -7,8 +7,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/ebpfseccomp
 export EBPFSECCOMP_CACHE := $(CACHE)
+# KARCH=arm64: the cross-built arm64 kernel (kernel, vm-test, selftest-baseline).
+# Not ARCH, which the kernel's own make reads.
+KARCH ?=
+ARCH_OPT := $(if $(KARCH),--arch $(KARCH))
+# EBPFSECCOMP_ARM64=0: make test leaves out the arm64 build and boot.
+ARM64_KERNEL := $(if $(filter 0,$(EBPFSECCOMP_ARM64)),,kernel-arm64)
 
-.PHONY: all deps venv lint test host-test kernel vm-test vm-shell demo bench bench-kernel \
+.PHONY: all deps venv lint test host-test kernel kernel-arm64 vm-test vm-shell demo bench bench-kernel \
 	selftest-baseline check-series clean help
 
 all: help
@@ -17,7 +23,7 @@ help:
 	@echo "make demo       boot the patched kernel and show the whole story"
 	@echo "make test       lint, host tests, kernel build, VM tests (what CI runs)"
 	@echo "make host-test  tests that need no VM"
-	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched)"
+	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched; KARCH=arm64: arm64)"
 	@echo "make vm-test    run the VM-marked tests and selftests in the VM"
 	@echo "make bench      print the benchmark figures (docs/benchmarks.md)"
 	@echo "make bench-kernel  kernel build / VM boot / filter overhead figures"
@@ -42,24 +48,28 @@ host-test: deps
 	$(PY) -m pytest -q -m "not vm"
 
 kernel: deps
-	@vm/build-kernel $(if $(BASELINE),--baseline)
+	@vm/build-kernel $(if $(BASELINE),--baseline) $(ARCH_OPT)
+
+# The arm64 kernel and selftests, cross-built (pytest --vm boots it too).
+kernel-arm64: deps
+	@vm/build-kernel --arch arm64
 
 vm-test: kernel
-	@vm/vm-test
+	@vm/vm-test $(ARCH_OPT)
 
 vm-shell: kernel
 	@vm/run --interactive
 
 selftest-baseline: deps
-	@vm/build-kernel --baseline
-	@vm/selftest-baseline
+	@vm/build-kernel --baseline $(ARCH_OPT)
+	@vm/selftest-baseline $(ARCH_OPT)
 
 check-series: kernel
 	@vm/check-series
 
 # JUnit XML for CI systems: host tests, every guest test and every kselftest
 # case (one test case each, from its TAP), in build/junit.xml.
-test: deps lint kernel
+test: deps lint kernel $(ARM64_KERNEL)
 	@mkdir -p build
 	$(PY) -m pytest -q --vm -o junit_family=xunit2 --junitxml=build/junit.xml
 

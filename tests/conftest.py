@@ -26,10 +26,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "vm"))
 
+import arm64  # noqa: E402
 import vmlib  # noqa: E402
 
 IN_VM = os.environ.get(vmlib.IN_VM_ENV) == "1"
 SKIP_REASON = "needs the patched kernel in the VM: run make vm-test or pytest --vm"
+ARM64_SKIP_REASON = "needs the arm64 guest: run pytest --vm (or vm/vm-test --arch arm64)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,6 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "vm_selftests: placeholder expanded into one item per kernel selftest case (--vm)",
     )
+    config.addinivalue_line(
+        "markers",
+        "vm_arm64_selftests: the same for the arm64 guest (--vm; tests/vm/test_arm64.py)",
+    )
     results = os.environ.get("EBPFSECCOMP_VM_RESULTS")
     if IN_VM and results:
         config.pluginmanager.register(_OutcomeRecorder(Path(results)), "ebpfseccomp-vm-results")
@@ -96,11 +102,14 @@ def pytest_configure(config: pytest.Config) -> None:
 class VmRun:
     """One boot of the VM for the whole host session (lazy)."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, arch: str = "x86_64") -> None:
         self.config = config
+        self.arch = arch
         self.done = False
         self.error = ""
-        self.results = vmlib.cache_dir() / "vm-test" / "pytest"
+        suffix = "" if arch == "x86_64" else f"-{arch}"
+        self.results = vmlib.cache_dir() / "vm-test" / f"pytest{suffix}"
+        self.baseline = vmlib.BASELINE_LIST if arch == "x86_64" else arm64.baseline_list()
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
         self.summary: dict[str, Any] = {}
@@ -120,16 +129,22 @@ class VmRun:
             str(self.results),
             "--quiet-stdout",
         ]
-        if not self.all_vm_items:
+        if self.arch != "x86_64":  # selftests and the enforcement check (vm/arm64.py)
+            cmd += ["--arch", self.arch]
+        elif not self.all_vm_items:
             ids = vmlib.cache_dir() / "vm-test" / "pytest-nodeids.txt"
             ids.parent.mkdir(parents=True, exist_ok=True)
             ids.write_text("".join(f"{n}\n" for n in self.nodeids))
             cmd += ["--nodeids-file", str(ids)]
             if not self.nodeids:
                 cmd.append("--no-pytest")
-        if not self.want_selftests:
+        if not self.want_selftests and self.arch == "x86_64":
             cmd.append("--no-selftests")
-        print(f"\n[--vm] booting the VM once: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        print(
+            f"\n[--vm] booting the {self.arch} VM once: {' '.join(cmd[1:])}",
+            file=sys.stderr,
+            flush=True,
+        )
         if capman is not None:
             with capman.global_and_fixture_disabled():
                 proc = subprocess.run(
@@ -167,12 +182,14 @@ class VmRun:
 VM_RUN_PLUGIN = "ebpfseccomp-vm-run"
 
 
-def vm_run(config: pytest.Config) -> VmRun:
-    """The session's VmRun, also reachable as the plugin named VM_RUN_PLUGIN."""
-    run = config.pluginmanager.get_plugin(VM_RUN_PLUGIN)
+def vm_run(config: pytest.Config, arch: str = "x86_64") -> VmRun:
+    """The session's VmRun of `arch`, also reachable as the plugin named
+    VM_RUN_PLUGIN (x86_64) or VM_RUN_PLUGIN-arm64."""
+    name = VM_RUN_PLUGIN if arch == "x86_64" else f"{VM_RUN_PLUGIN}-{arch}"
+    run = config.pluginmanager.get_plugin(name)
     if run is None:
-        run = VmRun(config)
-        config.pluginmanager.register(run, VM_RUN_PLUGIN)
+        run = VmRun(config, arch)
+        config.pluginmanager.register(run, name)
     assert isinstance(run, VmRun)
     return run
 
@@ -181,6 +198,20 @@ def vm_run(config: pytest.Config) -> VmRun:
 def vm_results(request: pytest.FixtureRequest) -> Path:
     """The results directory of this session's single VM run (booted if need be)."""
     return vm_run(request.config).ensure().results
+
+
+@pytest.fixture
+def arm64_results(request: pytest.FixtureRequest) -> Path:
+    """The results of this session's single arm64 boot (vm/vm-test --arch arm64);
+    skips without --vm or with EBPFSECCOMP_ARM64=0, fails if the boot failed."""
+    if IN_VM or not request.config.getoption("--vm"):
+        pytest.skip(ARM64_SKIP_REASON)
+    if not arm64.enabled():
+        pytest.skip("EBPFSECCOMP_ARM64=0: the arm64 phase is off")
+    run = vm_run(request.config, "arm64").ensure()
+    if run.error:
+        raise VmFailure(run.error)
+    return run.results
 
 
 class VmFailure(Exception):
@@ -233,16 +264,24 @@ def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
 class SelftestItem(pytest.Item):
     """One kernel selftest case from the VM run, judged against the baseline."""
 
-    def __init__(self, *, result: vmlib.SelftestResult | None, error: str = "", **kw: Any):
+    def __init__(
+        self,
+        *,
+        result: vmlib.SelftestResult | None,
+        error: str = "",
+        baseline: Path = vmlib.BASELINE_LIST,
+        **kw: Any,
+    ):
         super().__init__(**kw)
         self.result = result
         self.error = error
+        self.baseline = baseline
 
     def runtest(self) -> None:
         if self.result is None:
             raise VmFailure(self.error or "no selftest results came back from the VM")
         verdict, msg = vmlib.compare_to_baseline(
-            self.result, vmlib.load_baseline(), vmlib.baseline_binaries()
+            self.result, vmlib.load_baseline(self.baseline), vmlib.baseline_binaries(self.baseline)
         )
         if verdict == "ok":
             return
@@ -259,17 +298,20 @@ class SelftestItem(pytest.Item):
         return self.path, None, f"{self.name} [kernel selftest in VM]"
 
 
-def _expand_selftests(run: VmRun, items: list[pytest.Item]) -> None:
-    """Replace the vm_selftests placeholder(s) by one item per selftest case."""
+def _expand_selftests(run: VmRun, items: list[pytest.Item], marker: str = "vm_selftests") -> None:
+    """Replace the `marker` placeholder(s) by one item per selftest case."""
     for i in reversed(range(len(items))):
         item = items[i]
-        if item.get_closest_marker("vm_selftests") is None:
+        if item.get_closest_marker(marker) is None:
             continue
         assert item.parent is not None
         run.ensure()
         new: list[pytest.Item] = [
             SelftestItem.from_parent(
-                item.parent, name=f"{item.name}[{r.binary}:{r.name}]", result=r
+                item.parent,
+                name=f"{item.name}[{r.binary}:{r.name}]",
+                result=r,
+                baseline=run.baseline,
             )
             for r in run.selftests
         ]
@@ -305,6 +347,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
     if use_vm and not config.option.collectonly:
         _expand_selftests(vm_run(config), items)
+        if arm64.enabled():
+            _expand_selftests(vm_run(config, "arm64"), items, "vm_arm64_selftests")
 
 
 @pytest.hookimpl(trylast=True)
@@ -314,12 +358,19 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     binary's counts against the baseline, and the wall time of each phase."""
     if IN_VM or not config.getoption("--vm"):
         return
-    run = config.pluginmanager.get_plugin(VM_RUN_PLUGIN)
-    if not isinstance(run, VmRun) or not run.summary:
-        return
-    s = run.summary
     tr = terminalreporter
-    tr.section("ebpfseccomp VM summary")
+    for name in (VM_RUN_PLUGIN, f"{VM_RUN_PLUGIN}-arm64"):
+        run = config.pluginmanager.get_plugin(name)
+        if isinstance(run, VmRun) and run.summary:
+            _summarize(tr, run)
+    junit = config.getoption("xmlpath", default=None)
+    if junit:
+        tr.write_line(f"JUnit XML (host, guest and selftest cases): {junit}")
+
+
+def _summarize(tr: Any, run: VmRun) -> None:
+    s = run.summary
+    tr.section(f"ebpfseccomp VM summary ({run.arch})")
     guest = s.get("guest", {})
     tr.write_line(f"kernel {guest.get('kernel', '?')} ({Path(str(s.get('kernel', '?'))).name}), "
                   f"{guest.get('cpus', '?')} cpus, clocksource {guest.get('clocksource', '?')}")
@@ -330,11 +381,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         tr.write_line(f"selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
                       f"{st.get('skip', 0)} skip; vs baseline: regressions "
                       f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}")
+    if "enforce" in s:
+        tr.write_line(f"enforcement checks: {s['enforce'].get('pass', 0)} as expected, "
+                      f"{s['enforce'].get('fail', 0)} not")
     tr.write_line(f"time: boot {s.get('boot_seconds')} s, guest run {s.get('seconds')} s; "
                   f"host session {time.monotonic() - _SESSION_START:.0f} s")
-    junit = config.getoption("xmlpath", default=None)
-    if junit:
-        tr.write_line(f"JUnit XML (host, guest and selftest cases): {junit}")
 
 
 _SESSION_START = time.monotonic()

@@ -39,7 +39,7 @@ def test_every_form_decides_every_syscall_alike(tmp_path: Path, rule: bool) -> N
     cbpf = {"tree": libseccomp.build(sel, optimize=True).bytes()}
     if not rule:
         cbpf["default"] = libseccomp.build(sel).bytes()
-    bf.check_same_decisions(objs, cbpf, nrs, rule)  # raises SystemExit on a difference
+    bl.check_same_policy(objs, cbpf, nrs, rule)  # raises SystemExit on a difference
 
 
 def test_a_different_form_is_caught(tmp_path: Path) -> None:
@@ -48,4 +48,4 @@ def test_a_different_form_is_caught(tmp_path: Path) -> None:
     src.write_text(bf.switch_source(nrs[1:]))  # one syscall short
     obj = build(src, out=tmp_path / "switch.o")
     with pytest.raises(SystemExit, match="decides nr"):
-        bf.check_same_decisions({"switch": obj}, {}, nrs, False)
+        bl.check_same_policy({"switch": obj}, {}, nrs, False)

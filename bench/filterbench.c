@@ -9,6 +9,8 @@
  *            openat("/dev/null", O_RDONLY) and close
  *   creat    one iteration = the same with openat(O_WRONLY | O_CREAT) on
  *            /dev/null (the call an argument rule inspects)
+ *   open     one iteration = openat("/dev/null", O_RDONLY) and close, the
+ *            pair the issue 9 argument-rule goal is measured on
  *   getppid  one iteration = getppid
  * FILTER, attached in order (the last one runs first):
  *   cbpf:FILE          a classic filter, struct sock_filter[] in FILE
@@ -188,6 +190,14 @@ static void iteration(const char *workload)
 			die("getppid");
 		return;
 	}
+	if (workload[0] == 'o') {
+		fd = openat(AT_FDCWD, "/dev/null", O_RDONLY);
+		if (fd < 0)
+			die("openat");
+		if (close(fd))
+			die("close");
+		return;
+	}
 	if (read(devnull, &byte, 1) != 0)
 		die("read");
 	if (write(devnull, &byte, 1) != 1)
@@ -214,7 +224,7 @@ int main(int argc, char **argv)
 	double ns;
 
 	if (argc < 3) {
-		fprintf(stderr, "usage: filterbench mix|creat|getppid N [FILTER...]\n");
+		fprintf(stderr, "usage: filterbench mix|creat|open|getppid N [FILTER...]\n");
 		return 2;
 	}
 	workload = argv[1];

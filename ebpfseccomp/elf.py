@@ -17,16 +17,15 @@ EM_BPF, ET_REL) and turns it into the data model of docs/architecture.md:
 * line info from ``.BTF.ext``, per linked instruction.
 
 It works in two phases.  The first reads section headers, symbols and
-relocation entries with pyelftools into plain records, after checking the
-header and every section's bounds by hand; anything pyelftools trips over
-there becomes an ObjectError.  The second phase interprets those records
-with explicit checks.  Every problem is an
+relocation entries with struct into plain records, checking the header,
+every section's bounds and every name offset as it goes (no ELF library:
+pyelftools cost two thirds of a load's host time).  The second phase
+interprets those records with explicit checks.  Every problem is an
 :class:`~ebpfseccomp.errors.ObjectError` that names the file.
 """
 
 from __future__ import annotations
 
-import io
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,15 +230,14 @@ class _Rel:
     type: int
 
 
-def _sh_type(value: object) -> int:
-    names = {
-        "SHT_NULL": SHT_NULL, "SHT_PROGBITS": SHT_PROGBITS, "SHT_SYMTAB": SHT_SYMTAB,
-        "SHT_STRTAB": SHT_STRTAB, "SHT_RELA": SHT_RELA, "SHT_NOBITS": SHT_NOBITS,
-        "SHT_REL": SHT_REL,
-    }  # fmt: skip
-    if isinstance(value, int):
-        return value
-    return names.get(str(value), 0x7FFFFFFF)
+_STT = {0: "STT_NOTYPE", 1: "STT_OBJECT", 2: "STT_FUNC", 3: "STT_SECTION", 4: "STT_FILE",
+        5: "STT_COMMON", 6: "STT_TLS"}
+_STB = {0: "STB_LOCAL", 1: "STB_GLOBAL", 2: "STB_WEAK"}
+SHN_UNDEF = 0
+SHN_LORESERVE = 0xFF00  # from here up: SHN_ABS, SHN_COMMON and other special indexes
+
+_SHDR = struct.Struct("<IIQQQQIIQQ")  # Elf64_Shdr
+_SYM = struct.Struct("<IBBHQQ")  # Elf64_Sym
 
 
 def _check_header(path: str, data: bytes) -> None:
@@ -303,121 +301,121 @@ def _check_header(path: str, data: bytes) -> None:
         raise ObjectError(f"section name table index {e_shstrndx} out of range", path=path)
 
 
+def _string(path: str, table: _Section, offset: int, what: str) -> str:
+    """The NUL-terminated string at OFFSET of string table TABLE."""
+    if offset >= len(table.data):
+        if offset == 0:
+            return ""
+        raise ObjectError(f"{what}: its name offset {offset} is past the end of the string "
+                          f"table ({len(table.data)} bytes)", path=path)
+    end = table.data.find(b"\0", offset)
+    if end < 0:
+        raise ObjectError(f"{what}: its name (offset {offset}) is not NUL-terminated", path=path)
+    return table.data[offset:end].decode("utf-8", errors="replace")
+
+
+def _read_sections(path: str, data: bytes) -> list[_Section]:
+    """Every section header, named, with its contents; bounds checked."""
+    e_shoff = struct.unpack_from("<Q", data, 40)[0]
+    e_shnum, e_shstrndx = struct.unpack_from("<HH", data, 60)
+    table = data[e_shoff : e_shoff + e_shnum * _SHDR.size]  # bounded by _check_header
+    sections: list[_Section] = []
+    name_offsets: list[int] = []
+    for i, h in enumerate(_SHDR.iter_unpack(table)):
+        sh_name, stype, flags, _addr, offset, size, link, info, _align, entsize = h
+        bad = stype not in (SHT_NOBITS, SHT_NULL) and offset + size > len(data)
+        content = b"" if stype in (SHT_NOBITS, SHT_NULL) or bad else data[offset : offset + size]
+        name_offsets.append(sh_name)
+        sections.append(_Section(index=i, name=f"#{i}", type=stype, flags=flags, offset=offset,
+                                 size=size, link=link, info=info, entsize=entsize,
+                                 data=content))
+    shstrtab = sections[e_shstrndx]
+    if shstrtab.type != SHT_STRTAB or len(shstrtab.data) != shstrtab.size:
+        raise ObjectError(f"section #{e_shstrndx}, the section name table, is not a complete "
+                          "string table", path=path)
+    for sec, off in zip(sections, name_offsets, strict=True):
+        sec.name = _string(path, shstrtab, off, f"section header #{sec.index}")
+        if sec.type not in (SHT_NOBITS, SHT_NULL) and sec.offset + sec.size > len(data):
+            raise ObjectError(
+                f"section {sec.name!r} is truncated: it needs bytes "
+                f"{sec.offset}..{sec.offset + sec.size}, the file has {len(data)}",
+                path=path,
+            )
+    return sections
+
+
+def _read_symbols(path: str, sections: list[_Section]) -> list[_Symbol]:
+    symtabs = [s for s in sections if s.type == SHT_SYMTAB]
+    if not symtabs:
+        raise ObjectError("no symbol table (.symtab): not a clang BPF object?", path=path)
+    if len(symtabs) > 1:
+        raise ObjectError("more than one symbol table", path=path)
+    st = symtabs[0]
+    if st.entsize != _SYM.size or st.size % _SYM.size:
+        raise ObjectError(
+            f"bad symbol table: entry size {st.entsize}, size {st.size} "
+            "(expected 24-byte entries)",
+            path=path,
+        )
+    if not (0 < st.link < len(sections)) or sections[st.link].type != SHT_STRTAB:
+        raise ObjectError("symbol table's string table link is invalid", path=path)
+    strtab = sections[st.link]
+    symbols: list[_Symbol] = []
+    for i, (st_name, st_info, _other, st_shndx, value, size) in enumerate(
+        _SYM.iter_unpack(st.data)
+    ):
+        stype = _STT.get(st_info & 0xF, f"STT_{st_info & 0xF}")
+        shndx: int | None
+        if st_shndx == SHN_UNDEF:
+            shndx = None
+        elif st_shndx >= SHN_LORESERVE:
+            shndx = -1
+        else:
+            shndx = st_shndx
+        if stype == "STT_SECTION" and shndx is not None and 0 <= shndx < len(sections):
+            sname = sections[shndx].name
+        else:
+            sname = _string(path, strtab, st_name, f"symbol #{i}")
+        symbols.append(_Symbol(index=i, name=sname, value=value, size=size, type=stype,
+                               bind=_STB.get(st_info >> 4, f"STB_{st_info >> 4}"),
+                               shndx=shndx))
+    return symbols
+
+
+def _read_rels(path: str, sections: list[_Section]) -> dict[int, list[_Rel]]:
+    rels: dict[int, list[_Rel]] = {}
+    for sec in sections:
+        if sec.type == SHT_RELA:
+            raise ObjectError(
+                f"RELA relocation section {sec.name!r}: BPF objects use REL", path=path
+            )
+        if sec.type != SHT_REL:
+            continue
+        if sec.entsize != 16 or sec.size % 16:
+            raise ObjectError(
+                f"bad relocation section {sec.name!r}: entry size {sec.entsize}, "
+                f"size {sec.size} (expected 16-byte entries)",
+                path=path,
+            )
+        if not (0 < sec.info < len(sections)):
+            raise ObjectError(
+                f"relocation section {sec.name!r} applies to section #{sec.info}, "
+                "which does not exist",
+                path=path,
+            )
+        entries = rels.setdefault(sec.info, [])
+        for off, info in struct.iter_unpack("<QQ", sec.data):
+            entries.append(_Rel(offset=off, sym=info >> 32, type=info & 0xFFFFFFFF))
+    return rels
+
+
 def _read_raw(
     path: str, data: bytes
 ) -> tuple[list[_Section], list[_Symbol], dict[int, list[_Rel]]]:
     """Phase 1: sections, symbols and REL entries (by target section index)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
     _check_header(path, data)
-    where = "the ELF header"
-    try:
-        elf = ELFFile(io.BytesIO(data))
-        sections: list[_Section] = []
-        for i in range(elf.num_sections()):
-            where = f"section header #{i}"
-            sec = elf.get_section(i)
-            h = sec.header
-            stype = _sh_type(h["sh_type"])
-            offset, size = int(h["sh_offset"]), int(h["sh_size"])
-            name = sec.name if isinstance(sec.name, str) else f"#{i}"
-            where = f"section {name!r}"
-            if stype not in (SHT_NOBITS, SHT_NULL) and offset + size > len(data):
-                raise ObjectError(
-                    f"section {name!r} is truncated: it needs bytes {offset}..{offset + size}, "
-                    f"the file has {len(data)}",
-                    path=path,
-                )
-            content = b"" if stype in (SHT_NOBITS, SHT_NULL) else data[offset : offset + size]
-            sections.append(
-                _Section(
-                    index=i,
-                    name=name,
-                    type=stype,
-                    flags=int(h["sh_flags"]),
-                    offset=offset,
-                    size=size,
-                    link=int(h["sh_link"]),
-                    info=int(h["sh_info"]),
-                    entsize=int(h["sh_entsize"]),
-                    data=content,
-                )
-            )
-
-        symtabs = [s for s in sections if s.type == SHT_SYMTAB]
-        if not symtabs:
-            raise ObjectError("no symbol table (.symtab): not a clang BPF object?", path=path)
-        if len(symtabs) > 1:
-            raise ObjectError("more than one symbol table", path=path)
-        st = symtabs[0]
-        where = "the symbol table"
-        if st.entsize != 24 or st.size % 24:
-            raise ObjectError(
-                f"bad symbol table: entry size {st.entsize}, size {st.size} "
-                "(expected 24-byte entries)",
-                path=path,
-            )
-        if not (0 < st.link < len(sections)) or sections[st.link].type != SHT_STRTAB:
-            raise ObjectError("symbol table's string table link is invalid", path=path)
-        symbols: list[_Symbol] = []
-        symsec = elf.get_section(st.index)
-        for i in range(st.size // 24):
-            where = f"symbol #{i}"
-            s = symsec.get_symbol(i)
-            shndx_raw = s["st_shndx"]
-            if shndx_raw == "SHN_UNDEF":
-                shndx: int | None = None
-            elif isinstance(shndx_raw, int):
-                shndx = shndx_raw
-            else:
-                shndx = -1
-            stype = s["st_info"]["type"]
-            sname = s.name if isinstance(s.name, str) else ""
-            if stype == "STT_SECTION" and shndx is not None and 0 <= shndx < len(sections):
-                sname = sections[shndx].name
-            symbols.append(
-                _Symbol(
-                    index=i,
-                    name=sname,
-                    value=int(s["st_value"]),
-                    size=int(s["st_size"]),
-                    type=str(stype),
-                    bind=str(s["st_info"]["bind"]),
-                    shndx=shndx,
-                )
-            )
-
-        rels: dict[int, list[_Rel]] = {}
-        for sec in sections:
-            if sec.type == SHT_RELA:
-                raise ObjectError(
-                    f"RELA relocation section {sec.name!r}: BPF objects use REL", path=path
-                )
-            if sec.type != SHT_REL:
-                continue
-            where = f"relocation section {sec.name!r}"
-            if sec.entsize != 16 or sec.size % 16:
-                raise ObjectError(
-                    f"bad relocation section {sec.name!r}: entry size {sec.entsize}, "
-                    f"size {sec.size} (expected 16-byte entries)",
-                    path=path,
-                )
-            if not (0 < sec.info < len(sections)):
-                raise ObjectError(
-                    f"relocation section {sec.name!r} applies to section #{sec.info}, "
-                    "which does not exist",
-                    path=path,
-                )
-            entries = rels.setdefault(sec.info, [])
-            for off, info in struct.iter_unpack("<QQ", sec.data):
-                entries.append(_Rel(offset=off, sym=info >> 32, type=info & 0xFFFFFFFF))
-    except ObjectError:
-        raise
-    except (ELFError, Exception) as exc:  # pyelftools raises many kinds on garbage
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ObjectError(f"malformed ELF in {where}: {detail}", path=path) from None
-    return sections, symbols, rels
+    sections = _read_sections(path, data)
+    return sections, _read_symbols(path, sections), _read_rels(path, sections)
 
 
 # --- phase 2: interpretation --------------------------------------------------

@@ -24,7 +24,6 @@ object is closed before load() returns, also on every error path.
 
 from __future__ import annotations
 
-import ctypes
 import errno as _errno
 import os
 import re
@@ -617,7 +616,7 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                 if target is None:
                     raise ObjectError(f"libbpf finds no program named {name!r}", path=path)
                 _sys.program_set_type(target, contract.BPF_PROG_TYPE_SECCOMP)
-                log = ctypes.create_string_buffer(size) if log_level else None
+                log = _sys.LogBuffer(size) if log_level else None
                 _sys.program_set_log(target, log, log_level)
                 post: list[tuple[str, Mapping[KeyLike, ValueLike]]] = []
                 for mname in specs:
@@ -641,13 +640,13 @@ def _load_with_libbpf(path: str, prog: object, obj: object, needs: Needs,
                     with _sys.prepare_hook(restore):
                         _sys.object_load(handle)
                 except OSError as exc:
-                    text = log.value.decode(errors="replace") if log is not None else ""
+                    text = log.text() if log is not None else ""
                     if exc.errno == _errno.ENOSPC and size != _LOG_SIZES[-1]:
                         continue
                     raise _load_error(exc.errno or 0, text, msgs, name, path, lines,
                                       needs) from None
                 result = _adopt(handle, target, name, path, specs)
-                result.log = log.value.decode(errors="replace") if log is not None else ""
+                result.log = log.text() if log is not None else ""
                 result.messages = [t.rstrip() for _, t in msgs]
             finally:
                 _sys.object_close(handle)

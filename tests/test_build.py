@@ -79,6 +79,41 @@ def test_every_example_builds(tmp_path: Path, src: Path, arch: str) -> None:
     assert set(calls) <= allowed, "examples call only the contract's helpers"
 
 
+@pytest.mark.parametrize("src", EXAMPLES, ids=lambda p: p.stem)
+def test_struct_reader_agrees_with_pyelftools(tmp_path: Path, src: Path) -> None:
+    """ebpfseccomp.elf reads sections, symbols and relocations with struct;
+    pyelftools, an independent reader, must see the same records."""
+    from ebpfseccomp import elf as elfmod
+
+    out = build(src, out=tmp_path / "f.o")
+    data = out.read_bytes()
+    secs, syms, rels = elfmod._read_raw(str(out), data)
+    with out.open("rb") as f:
+        ref = ELFFile(f)
+        types = {"SHT_PROGBITS": 1, "SHT_SYMTAB": 2, "SHT_STRTAB": 3, "SHT_NOBITS": 8,
+                 "SHT_REL": 9, "SHT_NULL": 0}
+        assert [(s.name, s.size, s.data) for s in secs] == [
+            (r.name, r["sh_size"], b"" if r["sh_type"] in ("SHT_NOBITS", "SHT_NULL")
+             else r.data()) for r in ref.iter_sections()
+        ]
+        for s, r in zip(secs, ref.iter_sections(), strict=True):
+            assert s.type == types.get(r["sh_type"], s.type)  # others: pyelftools' names
+        symtab = ref.get_section_by_name(".symtab")
+        for mine, r in zip(syms, symtab.iter_symbols(), strict=True):
+            assert (mine.value, mine.size, mine.type, mine.bind) == (
+                r["st_value"], r["st_size"], r["st_info"]["type"], r["st_info"]["bind"])
+            if mine.type != "STT_SECTION":
+                assert mine.name == r.name
+            shndx = r["st_shndx"]
+            assert mine.shndx == (None if shndx == "SHN_UNDEF" else
+                                  shndx if isinstance(shndx, int) else -1)
+        for rsec in ref.iter_sections():
+            if rsec["sh_type"] == "SHT_REL":
+                got = [(e.offset, e.sym, e.type) for e in rels[rsec["sh_info"]]]
+                assert got == [(e["r_offset"], e["r_info_sym"], e["r_info_type"])
+                               for e in rsec.iter_relocations()]
+
+
 def test_example_headers_say_what_they_enforce() -> None:
     for src in EXAMPLES:
         head = src.read_text()[:3000]

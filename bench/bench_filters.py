@@ -59,8 +59,7 @@ from ebpfseccomp import loader  # noqa: E402
 from ebpfseccomp import sys as _sys  # noqa: E402
 from ebpfseccomp.attach import extended_flag_supported  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
-from ebpfseccomp.policy import libseccomp, model  # noqa: E402
-from ebpfseccomp.syscalls import name as syscall_name  # noqa: E402
+from ebpfseccomp.policy import libseccomp  # noqa: E402
 from ebpfseccomp.syscalls import table  # noqa: E402
 
 O_CREAT = bl.O_CREAT
@@ -129,32 +128,6 @@ SECCOMP_LICENSE("GPL");
 """
 
 ALLOW_ALL_CBPF = struct.pack("<HBBI", 0x06, 0, 0, bl.ALLOW)  # BPF_RET | BPF_K, ALLOW
-
-
-def allowed_numbers() -> list[int]:
-    """bench_loader's 300 numbers, those libseccomp 2.5 does not know (uretprobe)
-    replaced by the lowest ones it knows, so every form holds the same 300."""
-    t = table("x86_64")
-    known = {n for name, n in t.items() if libseccomp.resolve(name, "SCMP_ARCH_X86_64") == n}
-    nrs = {n for n in bl.allowed_numbers() if n in known}
-    for n in sorted(known - nrs):
-        if len(nrs) >= bl.N_ALLOWED:
-            break
-        nrs.add(n)
-    return sorted(nrs)
-
-
-def profile(nrs: list[int], rule: bool) -> model.Selection:
-    """The same policy as an OCI profile, for libseccomp."""
-    names = [syscall_name(n, "x86_64") for n in nrs if n != OPENAT or not rule]
-    syscalls: list[dict[str, object]] = [{"names": names, "action": "SCMP_ACT_ALLOW"}]
-    if rule:
-        syscalls.append({"names": ["openat"], "action": "SCMP_ACT_ALLOW",
-                         "args": [{"index": 2, "value": O_CREAT, "valueTwo": 0,
-                                   "op": "SCMP_CMP_MASKED_EQ"}]})
-    doc = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1,
-           "architectures": ["SCMP_ARCH_X86_64"], "syscalls": syscalls}
-    return model.select(model.parse(json.dumps(doc), "<bench>"), "x86_64")
 
 
 # --- running the loop ---------------------------------------------------------------------------
@@ -240,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"bench_filters: the clocksource is {clocksource}: no timings")
 
     work = Path(tempfile.mkdtemp(prefix="bench-filters-"))
-    nrs = allowed_numbers()
+    nrs = bl.allowed_numbers()
     sources = {
         "ebpf-switch": switch_source(nrs), "ebpf-hash": bl.hash_source(nrs),
         "ebpf-table": table_source(nrs),
@@ -253,9 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         src.write_text(text)
         objs[name] = build(src, out=src.with_suffix(".o"))
     objs["ebpf-allow"] = build(REPO / "bpf" / "examples" / "allow_all.c", out=work / "allow.o")
-    cbpf = {"libseccomp-default": libseccomp.build(profile(nrs, False)).bytes(),
-            "libseccomp-tree": libseccomp.build(profile(nrs, False), optimize=True).bytes(),
-            "libseccomp-tree+rule": libseccomp.build(profile(nrs, True), optimize=True).bytes()}
+    cbpf = {"libseccomp-default": libseccomp.build(bl.selection(nrs)).bytes(),
+            "libseccomp-tree": libseccomp.build(bl.selection(nrs), optimize=True).bytes(),
+            "libseccomp-tree+rule":
+                libseccomp.build(bl.selection(nrs, True), optimize=True).bytes()}
     bl.check_same_policy({k: objs[k] for k in ("ebpf-switch", "ebpf-hash", "ebpf-table")},
                          {k: v for k, v in cbpf.items() if "rule" not in k}, nrs, False)
     bl.check_same_policy({k: objs[k] for k in ("ebpf-switch+rule", "ebpf-table+rule")},
@@ -313,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             p.close()
 
     # policy to attached filter, in a fresh child each time
-    sel = profile(nrs, False)
+    sel = bl.selection(nrs)
 
     def libseccomp_load() -> None:
         _sys.set_no_new_privs()

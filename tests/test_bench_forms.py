@@ -25,7 +25,7 @@ from ebpfseccomp.policy import libseccomp  # noqa: E402
 
 @pytest.mark.parametrize("rule", [False, True], ids=["allowlist", "allowlist+openat-rule"])
 def test_every_form_decides_every_syscall_alike(tmp_path: Path, rule: bool) -> None:
-    nrs = bf.allowed_numbers()
+    nrs = bl.allowed_numbers()
     assert len(nrs) == bl.N_ALLOWED
     sources = {"switch": bf.switch_source(nrs, rule), "table": bf.table_source(nrs, rule)}
     if not rule:
@@ -35,7 +35,7 @@ def test_every_form_decides_every_syscall_alike(tmp_path: Path, rule: bool) -> N
         src = tmp_path / f"{name}.c"
         src.write_text(text)
         objs[name] = build(src, out=tmp_path / f"{name}.o")
-    sel = bf.profile(nrs, rule)
+    sel = bl.selection(nrs, rule)
     cbpf = {"tree": libseccomp.build(sel, optimize=True).bytes()}
     if not rule:
         cbpf["default"] = libseccomp.build(sel).bytes()
@@ -43,7 +43,7 @@ def test_every_form_decides_every_syscall_alike(tmp_path: Path, rule: bool) -> N
 
 
 def test_a_different_form_is_caught(tmp_path: Path) -> None:
-    nrs = bf.allowed_numbers()
+    nrs = bl.allowed_numbers()
     src = tmp_path / "switch.c"
     src.write_text(bf.switch_source(nrs[1:]))  # one syscall short
     obj = build(src, out=tmp_path / "switch.o")

@@ -7,6 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/ebpfseccomp
 export EBPFSECCOMP_CACHE := $(CACHE)
+# Kernel flavour of make kernel / vm-test / vm-shell / selftest-baseline:
+# normal, or debug (KASAN, UBSAN, lockdep, kmemleak; docs/vm.md).
+FLAVOR ?= normal
+# The flavours make test boots, each against its own baseline.
+TEST_FLAVORS ?= normal debug
 
 .PHONY: all deps venv lint test host-test kernel vm-test vm-shell demo bench bench-kernel \
 	selftest-baseline check-series clean help
@@ -17,7 +22,7 @@ help:
 	@echo "make demo       boot the patched kernel and show the whole story"
 	@echo "make test       lint, host tests, kernel build, VM tests (what CI runs)"
 	@echo "make host-test  tests that need no VM"
-	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched)"
+	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched; FLAVOR=debug: KASAN etc.)"
 	@echo "make vm-test    run the VM-marked tests and selftests in the VM"
 	@echo "make bench      print the benchmark figures (docs/benchmarks.md)"
 	@echo "make bench-kernel  kernel build / VM boot / filter overhead figures"
@@ -42,26 +47,31 @@ host-test: deps
 	$(PY) -m pytest -q -m "not vm"
 
 kernel: deps
-	@vm/build-kernel $(if $(BASELINE),--baseline)
+	@vm/build-kernel $(if $(BASELINE),--baseline) --flavor $(FLAVOR)
 
 vm-test: kernel
-	@vm/vm-test
+	@vm/vm-test --flavor $(FLAVOR)
 
 vm-shell: kernel
-	@vm/run --interactive
+	@vm/run --interactive --flavor $(FLAVOR)
 
 selftest-baseline: deps
-	@vm/build-kernel --baseline
-	@vm/selftest-baseline
+	@vm/build-kernel --baseline --flavor $(FLAVOR)
+	@vm/selftest-baseline --flavor $(FLAVOR)
 
 check-series: kernel
 	@vm/check-series
 
 # JUnit XML for CI systems: host tests, every guest test and every kselftest
-# case (one test case each, from its TAP), in build/junit.xml.
-test: deps lint kernel
+# case (one test case each, from its TAP) of every flavour, in build/junit.xml.
+# The kernels are built here (not as prerequisites) so that the summary can
+# tell a build of this run from a cached one.
+test: deps lint
 	@mkdir -p build
-	$(PY) -m pytest -q --vm -o junit_family=xunit2 --junitxml=build/junit.xml
+	@export EBPFSECCOMP_RUN_STARTED=$$(date +%s) && \
+	for f in $(TEST_FLAVORS); do vm/build-kernel --flavor $$f || exit 1; done && \
+	$(PY) -m pytest -q --vm $(foreach f,$(TEST_FLAVORS),--vm-flavor $(f)) \
+		-o junit_family=xunit2 --junitxml=build/junit.xml
 
 demo: kernel
 	@vm/demo

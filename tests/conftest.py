@@ -9,10 +9,14 @@ Tests marked `@pytest.mark.vm` (under tests/vm/) need the patched kernel:
   VM-marked tests and the kernel's seccomp selftests), and every VM-marked
   item reports its in-VM outcome (pass, fail with the in-VM failure text, or
   skip with the in-VM reason).  Their bodies never run on the host.
+- `--vm-flavor debug` (repeatable with `--vm-flavor normal`; make test gives
+  both) boots the debug kernel once more for the selftests and the VM-marked
+  tests of vmlib.DEBUG_TESTS, reported as extra items `NAME@debug`.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
@@ -40,6 +44,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="boot the patched kernel once and run the VM-marked tests (and the "
         "kernel's seccomp selftests) in it; report their outcomes here",
     )
+    parser.addoption(
+        "--vm-flavor",
+        action="append",
+        choices=vmlib.FLAVORS,
+        help="with --vm: a kernel flavour to boot (repeatable; default normal).  debug: "
+        "KASAN/UBSAN/lockdep/kmemleak kernel, the selftests and the guest tests of "
+        "vm/vmlib.py DEBUG_TESTS, as items NAME@debug",
+    )
+
+
+def vm_flavors(config: pytest.Config) -> list[str]:
+    """The kernel flavours this session boots (--vm-flavor, default normal)."""
+    return list(dict.fromkeys(config.getoption("--vm-flavor") or ["normal"]))
 
 
 # ------------------------------------------------------------- in the guest
@@ -94,13 +111,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class VmRun:
-    """One boot of the VM for the whole host session (lazy)."""
+    """One boot of the VM (one kernel flavour) for the whole host session (lazy)."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, flavor: str = "normal") -> None:
         self.config = config
+        self.flavor = flavor
         self.done = False
         self.error = ""
-        self.results = vmlib.cache_dir() / "vm-test" / "pytest"
+        name = "pytest" if flavor == "normal" else f"pytest-{flavor}"
+        self.results = vmlib.cache_dir() / "vm-test" / name
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
         self.summary: dict[str, Any] = {}
@@ -119,9 +138,11 @@ class VmRun:
             "--results-dir",
             str(self.results),
             "--quiet-stdout",
+            "--flavor",
+            self.flavor,
         ]
         if not self.all_vm_items:
-            ids = vmlib.cache_dir() / "vm-test" / "pytest-nodeids.txt"
+            ids = vmlib.cache_dir() / "vm-test" / f"{self.results.name}-nodeids.txt"
             ids.parent.mkdir(parents=True, exist_ok=True)
             ids.write_text("".join(f"{n}\n" for n in self.nodeids))
             cmd += ["--nodeids-file", str(ids)]
@@ -167,12 +188,17 @@ class VmRun:
 VM_RUN_PLUGIN = "ebpfseccomp-vm-run"
 
 
-def vm_run(config: pytest.Config) -> VmRun:
-    """The session's VmRun, also reachable as the plugin named VM_RUN_PLUGIN."""
-    run = config.pluginmanager.get_plugin(VM_RUN_PLUGIN)
+def _plugin_name(flavor: str) -> str:
+    return VM_RUN_PLUGIN if flavor == "normal" else f"{VM_RUN_PLUGIN}-{flavor}"
+
+
+def vm_run(config: pytest.Config, flavor: str = "normal") -> VmRun:
+    """The session's VmRun of a flavour, also reachable as the plugin named
+    VM_RUN_PLUGIN (normal) or VM_RUN_PLUGIN-<flavor>."""
+    run = config.pluginmanager.get_plugin(_plugin_name(flavor))
     if run is None:
-        run = VmRun(config)
-        config.pluginmanager.register(run, VM_RUN_PLUGIN)
+        run = VmRun(config, flavor)
+        config.pluginmanager.register(run, _plugin_name(flavor))
     assert isinstance(run, VmRun)
     return run
 
@@ -190,15 +216,16 @@ class VmFailure(Exception):
 class VmResultItem(pytest.Item):
     """Host stand-in for a VM-marked test: reports the in-VM outcome."""
 
-    def __init__(self, *, original: pytest.Item, **kwargs: Any) -> None:
+    def __init__(self, *, original: pytest.Item, flavor: str = "normal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.original = original
+        self.flavor = flavor
         self.own_markers = list(original.own_markers)
         self.keywords.update(original.keywords)
 
     def runtest(self) -> None:
-        run = vm_run(self.config).ensure()
-        rec = run.outcomes.get(self.nodeid)
+        run = vm_run(self.config, self.flavor).ensure()
+        rec = run.outcomes.get(self.original.nodeid)
         if rec is None:
             why = run.error or (
                 "this test did not run in the VM; the guest's pytest output ends with:\n"
@@ -218,7 +245,8 @@ class VmResultItem(pytest.Item):
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         path, lineno, name = self.original.reportinfo()
-        return path, lineno, f"{name} [in VM]"
+        where = "in VM" if self.flavor == "normal" else f"in VM, {self.flavor} kernel"
+        return path, lineno, f"{name} [{where}]"
 
 
 def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
@@ -233,16 +261,25 @@ def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
 class SelftestItem(pytest.Item):
     """One kernel selftest case from the VM run, judged against the baseline."""
 
-    def __init__(self, *, result: vmlib.SelftestResult | None, error: str = "", **kw: Any):
+    def __init__(
+        self,
+        *,
+        result: vmlib.SelftestResult | None,
+        error: str = "",
+        flavor: str = "normal",
+        **kw: Any,
+    ):
         super().__init__(**kw)
         self.result = result
         self.error = error
+        self.flavor = flavor
 
     def runtest(self) -> None:
         if self.result is None:
             raise VmFailure(self.error or "no selftest results came back from the VM")
+        blist = vmlib.baseline_list(self.flavor)
         verdict, msg = vmlib.compare_to_baseline(
-            self.result, vmlib.load_baseline(), vmlib.baseline_binaries()
+            self.result, vmlib.load_baseline(blist), vmlib.baseline_binaries(blist)
         )
         if verdict == "ok":
             return
@@ -259,29 +296,39 @@ class SelftestItem(pytest.Item):
         return self.path, None, f"{self.name} [kernel selftest in VM]"
 
 
-def _expand_selftests(run: VmRun, items: list[pytest.Item]) -> None:
-    """Replace the vm_selftests placeholder(s) by one item per selftest case."""
+def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
+    """Replace the vm_selftests placeholder(s) by one item per selftest case
+    and flavour (`test_selftests[seccomp_bpf:global.x]`, and
+    `test_selftests[debug:seccomp_bpf:global.x]` for the debug kernel)."""
     for i in reversed(range(len(items))):
         item = items[i]
         if item.get_closest_marker("vm_selftests") is None:
             continue
         assert item.parent is not None
-        run.ensure()
-        new: list[pytest.Item] = [
-            SelftestItem.from_parent(
-                item.parent, name=f"{item.name}[{r.binary}:{r.name}]", result=r
-            )
-            for r in run.selftests
-        ]
-        if not new:
-            new = [
+        new: list[pytest.Item] = []
+        for run in runs:
+            run.ensure()
+            prefix = "" if run.flavor == "normal" else f"{run.flavor}:"
+            cases: list[pytest.Item] = [
                 SelftestItem.from_parent(
                     item.parent,
-                    name=f"{item.name}[no-results]",
-                    result=None,
-                    error=run.error or "no selftest results came back from the VM",
+                    name=f"{item.name}[{prefix}{r.binary}:{r.name}]",
+                    result=r,
+                    flavor=run.flavor,
                 )
+                for r in run.selftests
             ]
+            if not cases:
+                cases = [
+                    SelftestItem.from_parent(
+                        item.parent,
+                        name=f"{item.name}[{prefix}no-results]",
+                        result=None,
+                        error=run.error or "no selftest results came back from the VM",
+                        flavor=run.flavor,
+                    )
+                ]
+            new += cases
         items[i : i + 1] = new
 
 
@@ -290,11 +337,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if IN_VM:
         return
     use_vm = config.getoption("--vm")
+    flavors = vm_flavors(config)
     if use_vm:
-        run = vm_run(config)
-        run.nodeids = [it.nodeid for it in items if it.get_closest_marker("vm") is not None]
-        run.all_vm_items = _selects_all_vm_tests(config, run.nodeids)
-        run.want_selftests = any(it.get_closest_marker("vm_selftests") for it in items)
+        vm_ids = [it.nodeid for it in items if it.get_closest_marker("vm") is not None]
+        want_selftests = any(it.get_closest_marker("vm_selftests") for it in items)
+        for flavor in flavors:
+            run = vm_run(config, flavor)
+            run.nodeids = [n for n in vm_ids if vmlib.in_flavor_subset(n, flavor)]
+            # only the normal kernel runs the whole of tests/vm
+            run.all_vm_items = flavor == "normal" and _selects_all_vm_tests(config, vm_ids)
+            run.want_selftests = want_selftests
+    extra: list[pytest.Item] = []  # other flavours' stand-ins, after every normal item
     for i, item in enumerate(items):
         if item.get_closest_marker("vm") is None:
             continue
@@ -302,36 +355,94 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
             continue
         assert item.parent is not None
-        items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
+        for flavor in flavors:
+            if flavor != "normal" and vmlib.in_flavor_subset(item.nodeid, flavor):
+                extra.append(VmResultItem.from_parent(
+                    item.parent, name=f"{item.name}@{flavor}", original=item, flavor=flavor
+                ))
+        if "normal" in flavors:
+            items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
+        else:
+            item.add_marker(pytest.mark.skip(reason="--vm-flavor normal was not given"))
+    items += extra
     if use_vm and not config.option.collectonly:
-        _expand_selftests(vm_run(config), items)
+        _expand_selftests([vm_run(config, f) for f in flavors], items)
+
+
+def _build_phase(kdir: Path) -> str:
+    """The kernel build's share: this run's build, or a cached one."""
+    try:
+        build = json.loads((kdir / "build.json").read_text())
+    except (OSError, ValueError):
+        return "kernel build ?"
+    started = os.environ.get("EBPFSECCOMP_RUN_STARTED", "")
+    try:
+        when = calendar.timegm(time.strptime(str(build.get("date")), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        when = 0
+    secs = build.get("total_seconds", "?")
+    if started.isdigit() and when >= int(started):
+        return f"kernel build {secs} s ({build.get('kind', '?')}, this run)"
+    return f"kernel build 0 s (cached; built {build.get('date', '?')} in {secs} s)"
+
+
+def _summary_lines(s: dict[str, Any]) -> list[str]:
+    """The summary block of one vm-test run (one flavour, one arch)."""
+    guest = s.get("guest", {})
+    kdir = Path(str(s.get("kernel", "?")))
+    out = [f"[{s.get('arch', 'x86_64')} {s.get('flavor', 'normal')}] kernel "
+           f"{guest.get('kernel', '?')} ({kdir.name}), {guest.get('cpus', '?')} cpus, "
+           f"clocksource {guest.get('clocksource', '?')}"]
+    if "pytest" in s:
+        counts = {k: v for k, v in s["pytest"].items() if k != "status"}
+        out.append("  guest tests: "
+                   + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+    for binary, st in sorted(s.get("selftests", {}).items()):
+        out.append(f"  selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
+                   f"{st.get('skip', 0)} skip; vs baseline: regressions "
+                   f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}, "
+                   f"known {st.get('known', 0)}, fixed {st.get('fixed', 0)}")
+    if "baseline" in s:
+        regs = s.get("selftest_regressions", [])
+        out.append(f"  baseline {Path(str(s['baseline'])).name}: "
+                   + (", ".join(regs[:8]) + (" ..." if len(regs) > 8 else "")
+                      if regs else "no regression"))
+    kinds = s.get("finding_kinds", {})
+    out.append("  kernel findings: "
+               + (", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "none"))
+    kml = s.get("kmemleak")
+    if kml is not None:
+        out.append("  kmemleak: " + (f"scan failed: {kml['error']}" if "error" in kml else
+                                     f"{kml.get('suspects', 0)} suspected leak(s), "
+                                     f"{kml.get('seccomp_or_bpf', 0)} in seccomp/BPF code"))
+    ph = s.get("phases", {})
+    out.append(f"  time: {_build_phase(kdir)}; boot {s.get('boot_seconds')} s; guest tests "
+               f"{ph.get('pytest', 0)} s; selftests {ph.get('selftests', 0)} s"
+               + (f"; kmemleak scan {ph['kmemleak']} s" if "kmemleak" in ph else "")
+               + f"; whole guest run {s.get('seconds')} s")
+    out.append("  status: " + ("FAILED" if s.get("failed") else "passed"))
+    return out
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """With --vm: one short block a CI log reader can find, per kernel booted:
-    the guest (kernel, cpus, clocksource), the guest tests' and each selftest
-    binary's counts against the baseline, and the wall time of each phase."""
+    """With --vm: one short block a CI log reader can find, per kernel booted
+    (flavour and arch): the guest (kernel, cpus, clocksource), the guest
+    tests' and each selftest binary's counts against its baseline, the
+    kernel's sanitizer/lockdep/WARN findings and kmemleak's, and the wall
+    time of each phase."""
     if IN_VM or not config.getoption("--vm"):
         return
-    run = config.pluginmanager.get_plugin(VM_RUN_PLUGIN)
-    if not isinstance(run, VmRun) or not run.summary:
+    runs = [config.pluginmanager.get_plugin(_plugin_name(f)) for f in vm_flavors(config)]
+    summaries = [r.summary for r in runs if isinstance(r, VmRun) and r.summary]
+    if not summaries:
         return
-    s = run.summary
     tr = terminalreporter
     tr.section("ebpfseccomp VM summary")
-    guest = s.get("guest", {})
-    tr.write_line(f"kernel {guest.get('kernel', '?')} ({Path(str(s.get('kernel', '?'))).name}), "
-                  f"{guest.get('cpus', '?')} cpus, clocksource {guest.get('clocksource', '?')}")
-    if "pytest" in s:
-        counts = {k: v for k, v in s["pytest"].items() if k != "status"}
-        tr.write_line("guest tests: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    for binary, st in sorted(s.get("selftests", {}).items()):
-        tr.write_line(f"selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
-                      f"{st.get('skip', 0)} skip; vs baseline: regressions "
-                      f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}")
-    tr.write_line(f"time: boot {s.get('boot_seconds')} s, guest run {s.get('seconds')} s; "
-                  f"host session {time.monotonic() - _SESSION_START:.0f} s")
+    for s in summaries:
+        for line in _summary_lines(s):
+            tr.write_line(line)
+    tr.write_line(f"host session {time.monotonic() - _SESSION_START:.0f} s")
     junit = config.getoption("xmlpath", default=None)
     if junit:
         tr.write_line(f"JUnit XML (host, guest and selftest cases): {junit}")

@@ -126,6 +126,7 @@ class VmRun:
         self.nodeids: list[str] = []  # the VM-marked items this session selected
         self.all_vm_items = True  # none deselected: run all of tests/vm
         self.want_selftests = True  # the selftest placeholder is selected
+        self.checked = False  # a KernelCheckItem judged this run's kernel reports
 
     def ensure(self) -> VmRun:
         if self.done:
@@ -296,10 +297,47 @@ class SelftestItem(pytest.Item):
         return self.path, None, f"{self.name} [kernel selftest in VM]"
 
 
+class KernelCheckItem(pytest.Item):
+    """What the kernel itself reported during a VM run: the console's
+    sanitizer/lockdep/BUG/WARN reports, or kmemleak's leaks in seccomp/BPF
+    code (kernels with kmemleak).  Fails with the report."""
+
+    def __init__(self, *, run: VmRun, check: str, **kw: Any):
+        super().__init__(**kw)
+        self.run = run
+        self.check = check
+
+    def runtest(self) -> None:
+        s = self.run.summary
+        self.run.checked = True
+        if self.check == "kernel-console":
+            if "kernel_findings" not in s:
+                raise VmFailure(self.run.error or "vm/vm-test wrote no summary")
+            if s["kernel_findings"]:
+                raise VmFailure("the kernel reported on its console:\n"
+                                + "\n".join(s["kernel_findings"]))
+            return
+        kml = s.get("kmemleak", {})
+        if "error" in kml:
+            raise VmFailure(f"kmemleak did not scan: {kml['error']}")
+        if kml.get("seccomp_or_bpf"):
+            raise VmFailure("kmemleak: leaks allocated by seccomp or BPF code:\n"
+                            + "\n\n".join(kml.get("reports", [])))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, VmFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.name} [kernel's own checks, VM run]"
+
+
 def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
     """Replace the vm_selftests placeholder(s) by one item per selftest case
     and flavour (`test_selftests[seccomp_bpf:global.x]`, and
-    `test_selftests[debug:seccomp_bpf:global.x]` for the debug kernel)."""
+    `test_selftests[debug:seccomp_bpf:global.x]` for the debug kernel), and
+    the kernel's own checks of each run (`[kernel-console]`, `[debug:kmemleak]`)."""
     for i in reversed(range(len(items))):
         item = items[i]
         if item.get_closest_marker("vm_selftests") is None:
@@ -328,6 +366,13 @@ def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
                         flavor=run.flavor,
                     )
                 ]
+            checks = ["kernel-console"] + (["kmemleak"] if "kmemleak" in run.summary else [])
+            cases += [
+                KernelCheckItem.from_parent(
+                    item.parent, name=f"{item.name}[{prefix}{check}]", run=run, check=check
+                )
+                for check in checks
+            ]
             new += cases
         items[i : i + 1] = new
 
@@ -367,6 +412,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items += extra
     if use_vm and not config.option.collectonly:
         _expand_selftests([vm_run(config, f) for f in flavors], items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A VM run whose kernel reported a problem fails the session, also when
+    no KernelCheckItem was selected to say so (e.g. `pytest --vm -k x`)."""
+    if IN_VM or not session.config.getoption("--vm"):
+        return
+    for flavor in vm_flavors(session.config):
+        run = session.config.pluginmanager.get_plugin(_plugin_name(flavor))
+        if not isinstance(run, VmRun) or run.checked or not run.summary:
+            continue
+        kml = run.summary.get("kmemleak", {})
+        if run.summary.get("kernel_findings") or kml.get("seccomp_or_bpf") or "error" in kml:
+            print(f"\n[--vm] the {flavor} kernel reported problems (not judged by a selected "
+                  f"item): see {run.results / 'report.txt'}", file=sys.stderr)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _build_phase(kdir: Path) -> str:

@@ -214,7 +214,16 @@ class VmFailure(Exception):
     pass
 
 
-class VmResultItem(pytest.Item):
+class _VmReportItem(pytest.Item):
+    """A host item whose failure is a VmFailure's text (no host traceback)."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, VmFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class VmResultItem(_VmReportItem):
     """Host stand-in for a VM-marked test: reports the in-VM outcome."""
 
     def __init__(self, *, original: pytest.Item, flavor: str = "normal", **kwargs: Any) -> None:
@@ -239,11 +248,6 @@ class VmResultItem(pytest.Item):
             pytest.skip(f"in the VM: {rec.get('longrepr') or 'skipped'}")
         raise VmFailure(f"failed in the VM:\n{rec.get('longrepr', '')}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, VmFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self) -> tuple[Any, int | None, str]:
         path, lineno, name = self.original.reportinfo()
         where = "in VM" if self.flavor == "normal" else f"in VM, {self.flavor} kernel"
@@ -259,7 +263,7 @@ def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
     return whole and not config.getoption("keyword") and not config.getoption("markexpr")
 
 
-class SelftestItem(pytest.Item):
+class SelftestItem(_VmReportItem):
     """One kernel selftest case from the VM run, judged against the baseline."""
 
     def __init__(
@@ -288,16 +292,11 @@ class SelftestItem(pytest.Item):
             pytest.skip(msg)
         raise VmFailure(f"{verdict}: {msg}\n\n{self.result.detail}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, VmFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.name} [kernel selftest in VM]"
 
 
-class KernelCheckItem(pytest.Item):
+class KernelCheckItem(_VmReportItem):
     """What the kernel itself reported during a VM run: the console's
     sanitizer/lockdep/BUG/WARN reports, or kmemleak's leaks in seccomp/BPF
     code (kernels with kmemleak).  Fails with the report."""
@@ -323,11 +322,6 @@ class KernelCheckItem(pytest.Item):
         if kml.get("seccomp_or_bpf"):
             raise VmFailure("kmemleak: leaks allocated by seccomp or BPF code:\n"
                             + "\n\n".join(kml.get("reports", [])))
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, VmFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.name} [kernel's own checks, VM run]"

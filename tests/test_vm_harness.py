@@ -89,11 +89,17 @@ def test_kmemleak_leaks_are_judged_by_their_backtrace() -> None:
 def test_flavour_subsets_and_baseline_names() -> None:
     assert vmlib.in_flavor_subset("tests/vm/test_cache.py::test_x", "normal")
     assert not vmlib.in_flavor_subset("tests/vm/test_cache.py::test_x", "debug")
-    assert vmlib.in_flavor_subset("tests/vm/test_loader.py::test_probe_supported", "debug")
-    for deselected in vmlib.DEBUG_DESELECT:
-        assert not vmlib.in_flavor_subset(deselected, "debug")
-    for path in vmlib.DEBUG_TESTS:
-        assert (vmlib.REPO / path).exists(), path
+    assert vmlib.in_flavor_subset("tests/vm/test_smp_net.py::test_attach_racing_fork", "debug")
+    assert vmlib.in_flavor_subset(
+        "tests/vm/test_loader.py::test_every_example_loads_and_attaches[rate_limit]", "debug")
+    assert not vmlib.in_flavor_subset(
+        "tests/vm/test_loader.py::test_run_execs_under_every_example[allow_all]", "debug")
+    assert not vmlib.in_flavor_subset(
+        "tests/vm/test_loader.py::test_every_example_loads_and_attaches_x", "debug")
+    for entry in vmlib.DEBUG_TESTS:  # each names a file, or a test function in it
+        path, _, func = entry.partition("::")
+        assert (vmlib.REPO / path).exists(), entry
+        assert not func or f"def {func}(" in (vmlib.REPO / path).read_text(), entry
     assert vmlib.baseline_list("debug").name == "x86_64-debug.txt"
     assert vmlib.baseline_list("normal", "arm64") == vmlib.BASELINES_DIR / "arm64-normal.txt"
     # every flavour make test boots has its baseline list

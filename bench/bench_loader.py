@@ -40,7 +40,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from ebpfseccomp import emulate, loader  # noqa: E402
+from ebpfseccomp import loader  # noqa: E402
+from ebpfseccomp.analysis import emulator as emulate  # noqa: E402
 from ebpfseccomp.attach import extended_flag_supported  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.elf import load_object  # noqa: E402
@@ -50,6 +51,7 @@ ARCH = "x86_64"
 AUDIT_ARCH_X86_64 = 0xC000003E
 ALLOW = 0x7FFF0000
 DENY = 0x00050001  # ERRNO(EPERM)
+O_CREAT = 0o100
 N_ALLOWED = 300
 
 #: A syscall mix of a typical server process (weights), for the path lengths.
@@ -299,18 +301,29 @@ def path_lengths(objs: dict[str, Path], cbpf: dict[str, bytes]) -> dict[str, tup
     return out
 
 
-def check_same_policy(objs: dict[str, Path], cbpf: dict[str, bytes], nrs: list[int]) -> None:
+def check_same_policy(objs: dict[str, Path], cbpf: dict[str, bytes], nrs: list[int],
+                      creat_rule: bool = False) -> None:
+    """Every form allows exactly NRS (and, with CREAT_RULE, openat only without
+    O_CREAT): the emulator runs the eBPF objects, cbpf_run libseccomp's output.
+    Raises SystemExit naming the first form and call that differ."""
     allowed = set(nrs)
-    emus = {n: emulate.Emulator(load_object(str(p)), program=None, env=emulate.Environment())
-            for n, p in objs.items()}
-    for nr in range(0, 460):
-        want = ALLOW if nr in allowed else DENY
-        for name, prog in cbpf.items():
-            got = cbpf_run(prog, seccomp_data(nr))[0]
-            assert got == want, f"{name}: nr {nr} -> {got:#x}, want {want:#x}"
-        for name, emu in emus.items():
-            got = emu.run(emulate.SyscallInput(nr=nr, arch=ARCH)).verdict.value
-            assert got == want, f"{name}: nr {nr} -> {got:#x}, want {want:#x}"
+    openat = table(ARCH)["openat"]
+    deciders = {n: (lambda nr, args, prog=prog: cbpf_run(prog, seccomp_data(nr, args))[0])
+                for n, prog in cbpf.items()}
+    for n, path in objs.items():
+        emu = emulate.Emulator(load_object(str(path)), program=None, env=emulate.Environment())
+        deciders[n] = lambda nr, args, emu=emu: emu.run(
+            emulate.SyscallInput(nr=nr, arch=ARCH, args=args)).verdict.value
+    for nr in range(460):
+        for flags in ((0, O_CREAT) if nr == openat else (0,)):
+            ok = nr in allowed and not (creat_rule and nr == openat and flags & O_CREAT)
+            want = ALLOW if ok else DENY
+            args = (0, 0, flags, 0, 0, 0)
+            for name, decide in deciders.items():
+                got = decide(nr, args)
+                if got != want:
+                    raise SystemExit(f"bench: {name} decides nr {nr} flags {flags:#o} as "
+                                     f"{got:#x}, the policy says {want:#x}")
 
 
 def build_helper(work: Path) -> Path:

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ebpfseccomp import insn as I  # noqa: E402
+from ebpfseccomp.analysis.emulator import Emulator, Environment, SyscallInput  # noqa: E402
 from ebpfseccomp.contract import Action  # noqa: E402
 from ebpfseccomp.elf import BpfObject, Program, load_object  # noqa: E402
-from ebpfseccomp.emulate import Emulator, Environment, SyscallInput  # noqa: E402
 from ebpfseccomp.syscalls import table  # noqa: E402
 
 ARCH = "x86_64"

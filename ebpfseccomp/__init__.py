@@ -4,8 +4,8 @@ The library is split by responsibility; import the module you need:
 
 - ebpfseccomp.build     compile restricted C to a BPF_PROG_TYPE_SECCOMP object
 - ebpfseccomp.elf       read such an object (programs, maps, relocations, BTF lines)
-- ebpfseccomp.inspect   check it against the kernel's rules, disassemble it
-- ebpfseccomp.emulate   run it against syscalls without a kernel
+- ebpfseccomp.analysis  check it against the kernel's rules, disassemble it,
+                        emulate it against syscalls without a kernel
 - ebpfseccomp.loader    load it through libbpf, predict the privilege tier
 - ebpfseccomp.attach    attach a program fd with seccomp(2)
 - ebpfseccomp.daemon    the privileged loader daemon

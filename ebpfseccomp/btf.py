@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ObjectError
 
@@ -288,6 +289,8 @@ class MapDef:
     map_flags: int = 0
     numa_node: int = 0
     pinning: int = 0
+    key_type: int = 0  # BTF type id of __type(key, ...); 0: none (key_size only)
+    value_type: int = 0
     unsupported: list[str] = field(default_factory=list)
 
 
@@ -317,6 +320,11 @@ def _type_size_field(btf: Btf, map_name: str, member: str, tid: int) -> int:
             path=btf.path,
         )
     return btf.resolve_size(t.size_or_type)
+
+
+def _pointee(btf: Btf, tid: int) -> int:
+    t = btf.skip_modifiers(tid)
+    return t.size_or_type if t is not None else 0
 
 
 def parse_map_def(btf: Btf, map_name: str, t: BtfType) -> MapDef:
@@ -365,6 +373,7 @@ def parse_map_def(btf: Btf, map_name: str, t: BtfType) -> MapDef:
                     path=btf.path,
                 )
             d.key_size = size
+            d.key_type = _pointee(btf, mtid)
         elif mname == "value":
             size = _type_size_field(btf, map_name, mname, mtid)
             if d.value_size is not None and d.value_size != size:
@@ -374,6 +383,7 @@ def parse_map_def(btf: Btf, map_name: str, t: BtfType) -> MapDef:
                     path=btf.path,
                 )
             d.value_size = size
+            d.value_type = _pointee(btf, mtid)
         elif mname in ("values", "inner_map", "extra"):
             d.unsupported.append(mname)
         else:
@@ -381,6 +391,102 @@ def parse_map_def(btf: Btf, map_name: str, t: BtfType) -> MapDef:
                 f"map {map_name!r}: unknown map definition field {mname!r}", path=btf.path
             )
     return d
+
+
+# --- values as the program's types see them --------------------------------------
+
+_MAX_DEPTH = 16
+_INT_SIGNED, _INT_CHAR, _INT_BOOL = 1, 2, 4
+
+
+def decode(btf: Btf, tid: int, raw: bytes, _depth: int = 0) -> Any:
+    """RAW (the bytes of a map key or value, or of a global section) as the
+    BTF type TID describes it, JSON-ready: integers (signed where the type
+    is), enum names, char arrays as text, arrays as lists, structs and unions
+    as {member: value}, a DATASEC as {variable: value}.  Bytes no type
+    describes stay hex ("hex:..."); never raises on short or odd input."""
+    try:
+        return _decode(btf, tid, raw, _depth)
+    except ObjectError:  # a type id out of range, a modifier loop: a crafted object
+        return "hex:" + raw.hex()
+
+
+def _decode(btf: Btf, tid: int, raw: bytes, _depth: int) -> Any:
+    t = btf.skip_modifiers(tid) if tid else None
+    if t is None or _depth > _MAX_DEPTH:
+        return "hex:" + raw.hex()
+    kind = t.kind
+    if kind == KIND_INT:
+        size, enc = t.size_or_type, (t.extra >> 24) & 0xF
+        offset, bits = (t.extra >> 16) & 0xFF, t.extra & 0xFF
+        if size > len(raw) or size == 0:
+            return "hex:" + raw.hex()
+        value = int.from_bytes(raw[:size], "little") >> offset
+        if 0 < bits < 8 * size:
+            value &= (1 << bits) - 1
+        nbits = bits or 8 * size
+        if enc & _INT_SIGNED and value >> (nbits - 1):
+            value -= 1 << nbits
+        return bool(value) if enc & _INT_BOOL else value
+    if kind in (KIND_ENUM, KIND_ENUM64):
+        size = t.size_or_type
+        if size > len(raw) or size == 0:
+            return "hex:" + raw.hex()
+        value = int.from_bytes(raw[:size], "little", signed=t.kind_flag)
+        names = [name for name, v, _ in t.members if v == value or v == value % (1 << 64)]
+        return names[0] if names else value
+    if kind == KIND_PTR:
+        return int.from_bytes(raw[:8], "little")
+    if kind == KIND_FLOAT and t.size_or_type in (4, 8) and len(raw) >= t.size_or_type:
+        return struct.unpack_from("<f" if t.size_or_type == 4 else "<d", raw)[0]
+    if kind == KIND_ARRAY and t.array is not None:
+        elem, _index, count = t.array
+        try:
+            esize = btf.resolve_size(elem)
+        except ObjectError:
+            return "hex:" + raw.hex()
+        e = btf.skip_modifiers(elem)
+        if esize == 1 and e is not None and e.kind == KIND_INT and \
+                ((e.extra >> 24) & _INT_CHAR or e.name == "char"):
+            text = raw[:count].split(b"\0", 1)[0]
+            try:
+                return text.decode("utf-8") if text.isascii() and text.decode().isprintable() \
+                    else "hex:" + raw[:count].hex()
+            except UnicodeDecodeError:
+                return "hex:" + raw[:count].hex()
+        if esize <= 0:
+            return []
+        return [_decode(btf, elem, raw[i * esize:(i + 1) * esize], _depth + 1)
+                for i in range(min(count, len(raw) // esize))]
+    if kind in (KIND_STRUCT, KIND_UNION):
+        out: dict[str, Any] = {}
+        for k, (name, mtid, bit_offset) in enumerate(t.members):
+            key = name or f"_anon{k}"
+            if t.kind_flag and bit_offset >> 24:  # a bitfield: size in the top byte
+                size, off = bit_offset >> 24, bit_offset & 0xFFFFFF
+                whole = int.from_bytes(raw, "little")
+                out[key] = (whole >> off) & ((1 << size) - 1)
+                continue
+            off = (bit_offset & 0xFFFFFF) // 8
+            try:
+                msize = btf.resolve_size(mtid)
+            except ObjectError:
+                msize = len(raw) - off
+            value = _decode(btf, mtid, raw[off:off + msize], _depth + 1)
+            if not name and isinstance(value, dict):
+                out.update(value)  # anonymous struct/union: its members are ours
+            else:
+                out[key] = value
+        return out
+    if kind == KIND_DATASEC:
+        out = {}
+        for vtid, off, size in t.members:
+            v = btf.type(vtid)
+            if v is None or v.kind != KIND_VAR:
+                continue
+            out[v.name] = _decode(btf, v.size_or_type, raw[off:off + size], _depth + 1)
+        return out
+    return "hex:" + raw.hex()
 
 
 # --- .BTF.ext -----------------------------------------------------------------

@@ -21,13 +21,14 @@ from . import __version__
 from .errors import EbpfSeccompError
 
 #: Subcommand modules, in the order `--help` lists them.
-COMMANDS = ("convert", "build", "check", "disasm", "emulate", "syscalls", "probe", "load", "run",
-            "daemon")
+COMMANDS = ("record", "convert", "build", "check", "disasm", "emulate", "syscalls", "probe", "load",
+            "run", "daemon")
 
 DESCRIPTION = """\
-eBPF seccomp filters.  Start from the seccomp profile your container runtime
-already uses:
+eBPF seccomp filters.  Record what a program does, or start from the seccomp
+profile your container runtime already uses:
 
+  ebpfseccomp record -o seccomp.json -- CMD       run CMD, write the profile it needs
   ebpfseccomp convert seccomp.json -o filter.o    OCI/Docker profile -> eBPF filter
   ebpfseccomp run --profile seccomp.json -- CMD   attach it (or libseccomp's classic
                                                   filter where eBPF is not supported)
@@ -52,7 +53,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ONLY (a command's name), only that command
+    is registered, so that one command does not import every other's modules."""
     parser = _Parser(
         prog="ebpfseccomp",
         description=DESCRIPTION,
@@ -60,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
+    for name in (only,) if only in COMMANDS else COMMANDS:
         try:
             module = importlib.import_module(f".commands.{name}", __package__)
         except ModuleNotFoundError as exc:
@@ -72,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(only=words[0] if words else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import btf as btfmod
+from ._gcpause import paused_gc
 from .btf import SourceLine
 from .errors import ObjectError
 from .insn import BPF_PSEUDO_CALL, INSN_SIZE, Insn, decode
@@ -123,6 +124,11 @@ class MapSpec:
     flags: int
     initial: bytes | None  # globals: section contents (.bss: zeros); else None
     is_global: bool
+    #: the object's BTF and the type ids of key and value (a global section:
+    #: value_type is its DATASEC), for showing contents; None/0: raw bytes only
+    btf: btfmod.Btf | None = field(default=None, repr=False, compare=False)
+    key_type: int = 0
+    value_type: int = 0
 
 
 @dataclass
@@ -632,6 +638,9 @@ class _Reader:
                     flags=d.map_flags,
                     initial=None,
                     is_global=False,
+                    btf=self.btf,
+                    key_type=d.key_type,
+                    value_type=d.value_type,
                 )
         for sec in self.sections:
             if not _is_global_section(sec.name) or not sec.flags & SHF_ALLOC:
@@ -655,9 +664,29 @@ class _Reader:
                 flags=BPF_F_MMAPABLE | (BPF_F_RDONLY_PROG if readonly else 0),
                 initial=initial,
                 is_global=True,
+                btf=self.btf,
+                value_type=self._datasec_id(sec.name),
             )
             map_sections[sec.index] = sec.name
         return maps, map_sections
+
+    def _datasec_id(self, name: str) -> int:
+        """The DATASEC describing global section NAME, its variables placed at
+        their symbols' offsets (clang leaves them 0; libbpf fixes them up the
+        same way); 0 if there is none."""
+        sec = self.btf.find_datasec(name) if self.btf is not None else None
+        if sec is None:
+            return 0
+        index = next((s.index for s in self.sections if s.name == name), None)
+        where = {sym.name: (sym.value, sym.size) for sym in self.symbols
+                 if sym.shndx == index and sym.type == "STT_OBJECT"}
+        fixed = []
+        for vtid, off, size in sec.members:
+            v = self.btf.type(vtid)
+            placed = where.get(v.name) if v is not None else None
+            fixed.append((vtid, placed[0], placed[1] or size) if placed else (vtid, off, size))
+        sec.members = fixed
+        return sec.id
 
     # --- linking -------------------------------------------------------------
 
@@ -768,13 +797,23 @@ class _Reader:
             placed[key] = base
             subprogs[base] = f.name
             sec_lines = self.lines.get(cs.sec.name, {})
+            insns.extend(cs.insns[f.start:f.end])
+            if len(sec_lines) < f.end - f.start:
+                lo, hi = f.start * INSN_SIZE, f.end * INSN_SIZE
+                for byte_off, line in sec_lines.items():
+                    if lo <= byte_off < hi and byte_off % INSN_SIZE == 0:
+                        lines[base + byte_off // INSN_SIZE - f.start] = line
+            else:
+                for k in range(f.start, f.end):
+                    line = sec_lines.get(k * INSN_SIZE)
+                    if line is not None:
+                        lines[base + k - f.start] = line
+            # only relocated instructions, calls and ld_imm64 need more than a copy
             for k in range(f.start, f.end):
                 ins = cs.insns[k]
+                if k not in cs.rels and ins.code not in _LINKED_CODES:
+                    continue
                 out = base + (k - f.start)
-                insns.append(ins)
-                line = sec_lines.get(k * INSN_SIZE)
-                if line is not None:
-                    lines[out] = line
                 reloc = self._data_reloc(cs, k, out)
                 if reloc is not None:
                     relocs.append(reloc)
@@ -816,8 +855,12 @@ class _Reader:
             insns=insns,
             relocs=relocs,
             subprogs=dict(sorted(subprogs.items())),
-            lines=lines,
+            lines=dict(sorted(lines.items())),
         )
+
+
+#: opcodes the linker looks at without a relocation: calls, ld_imm64
+_LINKED_CODES = frozenset({0x85, 0x18})
 
 
 def load_object(path: str | Path) -> BpfObject:
@@ -829,9 +872,10 @@ def load_object(path: str | Path) -> BpfObject:
         raise ObjectError("is a directory, not a BPF object", path=spath) from None
     except OSError as exc:
         raise ObjectError(f"cannot read: {exc.strerror or exc}", path=spath) from None
-    return _Reader(spath, data).read()
+    return load_object_bytes(data, spath)
 
 
 def load_object_bytes(data: bytes, path: str = "<bytes>") -> BpfObject:
     """Like load_object, for an object already in memory (tests, the daemon)."""
-    return _Reader(path, data).read()
+    with paused_gc():
+        return _Reader(path, data).read()

@@ -7,7 +7,7 @@
 The steps, each with its own clear error:
 
 1. read the object (elf.load_object) and choose the program;
-2. check it statically (inspect.check, when check=True) and predict the
+2. check it statically (analysis.checker.check, when check=True) and predict the
    kernel's answer for this loader (privilege.predict): refuse early with a
    PrivilegeError naming the helper or map access, the rule and the fix;
 3. open it with libbpf, set the program type to seccomp (33: libbpf 1.1 does
@@ -37,6 +37,7 @@ from typing import Any
 
 from . import contract, insn
 from . import sys as _sys
+from .analysis.checker import check as static_check
 from .attach import LACKS_PATCH, attach, extended_flag_supported
 from .contract import Tier
 from .errors import EbpfSeccompError, KernelError, ObjectError, PrivilegeError, UsageError
@@ -504,7 +505,7 @@ def preflight(obj: object, prog: object, path: str, creds: Credentials,
               policy: SystemPolicy) -> tuple[Needs, Prediction]:
     """Everything load() decides before bpf(2), for a loader with CREDS under POLICY.
 
-    The static check (inspect.check's problems, and the unprivileged
+    The static check (the checker's problems, and the unprivileged
     verifier's when CREDS lack CAP_BPF), then privilege.predict on
     Needs.from_program.  Raises ObjectError for an object no loader could
     load and PrivilegeError (with .prediction) for one beyond CREDS; returns
@@ -540,46 +541,40 @@ PERFMON_ONLY_CODES = frozenset({"uninit-stack", "ptr-leak", "ptr-return", "ptr-c
 
 def _static_check(obj: object, prog: object, path: str, creds: Credentials,
                   tier: Tier = Tier.TRACING) -> None:
-    """inspect.check's problems stop the load before bpf(2).
+    """The checker's problems stop the load before bpf(2).
 
-    Problems under the privileged rules are the object's fault (ObjectError);
-    the further ones the unprivileged rules find (pointer leaks and the like)
-    are a PrivilegeError when this loader lacks CAP_BPF, unless
-    privilege.predict already explains them.
+    Problems under the privileged rules are the object's fault (ObjectError).
+    The verifier's unprivileged rules apply to a loader without CAP_BPF, and
+    (for the pointer and stack rules, PERFMON_ONLY_CODES) to any program
+    below the TRACING tier; what they refuse further is a PrivilegeError,
+    unless privilege.predict already explains it (PREDICTED_CODES).
     """
-    try:
-        from . import inspect as _inspect
-    except ImportError:
-        return
     name = getattr(prog, "name", None)
-    report = _inspect.check(obj, name)  # type: ignore[arg-type]
+    report = static_check(obj, name)  # type: ignore[arg-type]
     fatal = list(report.problems)
     if fatal:
         text = "; ".join(str(p) for p in fatal[:8])
         more = f" (and {len(fatal) - 8} more)" if len(fatal) > 8 else ""
         raise ObjectError(f"the kernel's verifier would refuse program '{name}': {text}{more}",
                           path=path, hint="`ebpfseccomp check` lists every problem")
-    if creds.bpf_capable:
-        if tier == Tier.TRACING:
-            return
-        ureport = _inspect.check(obj, name, unprivileged=True)  # type: ignore[arg-type]
-        below = [p for p in ureport.problems if p.code in PERFMON_ONLY_CODES]
-        if below:
-            text = "; ".join(str(p) for p in below[:8])
-            raise PrivilegeError(
-                f"program '{name}' would get tier {tier.name.lower()}, where the verifier "
-                f"applies its unprivileged rules whatever this loader's CAP_PERFMON, and "
-                f"refuses: {text}", path=path,
-                hint="initialise what the program reads and keep pointers out of maps")
+    if creds.bpf_capable and tier == Tier.TRACING:
+        return  # the privileged rules, already checked
+    ureport = static_check(obj, name, unprivileged=True)  # type: ignore[arg-type]
+    refused = [p for p in ureport.problems
+               if (p.code in PERFMON_ONLY_CODES if creds.bpf_capable else
+                   p.code not in PREDICTED_CODES and "CAP_PERFMON" not in p.message)]
+    if not refused:
         return
-    ureport = _inspect.check(obj, name, unprivileged=True)  # type: ignore[arg-type]
-    extra = [p for p in ureport.problems if p.code not in PREDICTED_CODES
-             and "CAP_PERFMON" not in p.message]
-    if extra:
-        text = "; ".join(str(p) for p in extra[:8])
-        raise PrivilegeError(f"without CAP_BPF the verifier would refuse program '{name}': "
-                             f"{text}", path=path,
-                             hint="load with CAP_BPF, or change the program as suggested")
+    text = "; ".join(str(p) for p in refused[:8])
+    if creds.bpf_capable:
+        raise PrivilegeError(
+            f"program '{name}' would get tier {tier.name.lower()}, where the verifier "
+            f"applies its unprivileged rules whatever this loader's CAP_PERFMON, and "
+            f"refuses: {text}", path=path,
+            hint="initialise what the program reads and keep pointers out of maps")
+    raise PrivilegeError(f"without CAP_BPF the verifier would refuse program '{name}': "
+                         f"{text}", path=path,
+                         hint="load with CAP_BPF, or change the program as suggested")
 
 
 def _freeze_read_only(result: Program) -> None:
@@ -734,8 +729,17 @@ def patch_global(name: str, initial: bytes, content: Mapping[KeyLike, ValueLike]
     """Global sections are one-entry arrays: key 0 (or an "offset" int) -> bytes."""
     data = bytearray(initial)
     for k, v in content.items():
-        off = int(k, 0) if isinstance(k, str) else int.from_bytes(k, "little") if isinstance(
-            k, bytes) else k
+        try:
+            off = int(k, 0) if isinstance(k, str) else int.from_bytes(k, "little") if \
+                isinstance(k, bytes) else k
+        except ValueError:
+            raise UsageError(f"--map {name}:{k}: the key of a global section is a byte "
+                             f"offset, not {k!r}", hint=f"e.g. --map {name}:0=5") from None
+        if not 0 <= off < len(data):
+            raise UsageError(f"--map {name}:{k}: offset {off} is outside the "
+                             f"{len(data)}-byte section",
+                             hint=f"offsets of {name} are 0..{len(data) - 1}"
+                             if data else f"{name} has no bytes to set")
         if isinstance(v, bytes):
             raw = v
         elif isinstance(v, str) and (v.startswith("hex:") or v.startswith("str:")):

@@ -38,11 +38,11 @@ libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ct
 _NR: dict[str, dict[str, int]] = {
     "x86_64": {
         "bpf": 321, "seccomp": 317, "capget": 125, "capset": 126,
-        "pidfd_open": 434, "unshare": 272, "getppid": 110,
+        "pidfd_open": 434, "unshare": 272, "getppid": 110, "pidfd_getfd": 438,
     },
     "aarch64": {
         "bpf": 280, "seccomp": 277, "capget": 90, "capset": 91,
-        "pidfd_open": 434, "unshare": 97, "getppid": 173,
+        "pidfd_open": 434, "unshare": 97, "getppid": 173, "pidfd_getfd": 438,
     },
 }  # fmt: skip
 
@@ -349,6 +349,46 @@ def seccomp_attach_cbpf(program: bytes, flags: int = 0) -> int:
     return seccomp(1, flags, fprog)
 
 
+# User notification (seccomp_unotify(2)).
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+#: _IOWR('!', 0, struct seccomp_notif) and _IOWR('!', 1, struct seccomp_notif_resp)
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101
+_NOTIF = struct.Struct("<QIIiIQ6Q")  # id, pid, flags, data {nr, arch, ip, args[6]}: 80 bytes
+_NOTIF_RESP = struct.Struct("<QqiI")  # id, val, error, flags: 24 bytes
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One struct seccomp_notif: the call a task is waiting in."""
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    args: tuple[int, ...]
+
+
+def notif_recv(listener: int) -> Notification:
+    """SECCOMP_IOCTL_NOTIF_RECV; OSError (ENOENT: the task went away meanwhile)."""
+    import fcntl
+
+    buf = bytearray(_NOTIF.size)  # the kernel wants it zeroed
+    fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_RECV, buf, True)
+    nid, pid, _flags, num, arch, _ip, *args = _NOTIF.unpack(buf)
+    return Notification(nid, pid, num, arch, tuple(args))
+
+
+def notif_continue(listener: int, notif_id: int) -> None:
+    """Let the notified call run as if the filter had allowed it
+    (SECCOMP_USER_NOTIF_FLAG_CONTINUE); OSError ENOENT if the task is gone."""
+    import fcntl
+
+    buf = bytearray(_NOTIF_RESP.pack(notif_id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE))
+    fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
+
+
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     return _check(libc.prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
 
@@ -423,6 +463,21 @@ def capbset_drop(cap: int) -> None:
 CLONE_NEWUSER = 0x10000000
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """pidfd_getfd(2): a duplicate (close-on-exec) of fd TARGETFD of the process PIDFD
+    refers to; needs ptrace access to it (PTRACE_MODE_ATTACH_REALCREDS)."""
+    return _check(int(libc.syscall(ctypes.c_long(nr("pidfd_getfd")), ctypes.c_long(pidfd),
+                                   ctypes.c_long(targetfd), ctypes.c_long(0))), "pidfd_getfd")
+
+
+def set_child_subreaper(on: bool) -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented to this process."""
+    prctl(PR_SET_CHILD_SUBREAPER, 1 if on else 0)
+
+
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return _check(int(libc.syscall(ctypes.c_long(nr("pidfd_open")), ctypes.c_long(pid),
                                    ctypes.c_long(flags))), "pidfd_open")
@@ -453,6 +508,7 @@ LIBBPF_NAME = "libbpf.so.1"
 _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 
+_RINGBUF_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
 #: libbpf print levels
@@ -523,6 +579,13 @@ def libbpf() -> ctypes.CDLL:
             "bpf_map__set_autocreate": (ci, [vp, ctypes.c_bool]),
             "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(sz)]),
             "libbpf_strerror": (ci, [ci, cp, sz]),
+            "ring_buffer__new": (vp, [ci, _RINGBUF_FN, vp, vp]),
+            "ring_buffer__poll": (ci, [vp, ci]),
+            "ring_buffer__consume": (ci, [vp]),
+            "ring_buffer__free": (None, [vp]),
+            "ring_buffer__epoll_fd": (ci, [vp]),
+            "bpf_program__attach": (vp, [vp]),
+            "bpf_link__destroy": (ci, [vp]),
         }
         for name, (res, args) in protos.items():
             fn = getattr(lib, name)
@@ -572,6 +635,21 @@ def object_open(path: str) -> int:
 
 def object_load(obj: int) -> None:
     _neg(libbpf().bpf_object__load(_c_void_p(obj)), "bpf_object__load")
+
+
+def program_attach(prog: int) -> int:
+    """bpf_program__attach: attach as the section name says (e.g. tp_btf/NAME);
+    an opaque link handle for link_destroy."""
+    ctypes.set_errno(0)
+    link = libbpf().bpf_program__attach(_c_void_p(prog))
+    if not link:
+        err = ctypes.get_errno() or _errno.EINVAL
+        raise OSError(err, f"bpf_program__attach: {os.strerror(err)}")
+    return int(link)
+
+
+def link_destroy(link: int) -> None:
+    libbpf().bpf_link__destroy(_c_void_p(link))
 
 
 def object_close(obj: int) -> None:
@@ -793,3 +871,62 @@ def possible_cpus() -> int:
         lo, _, hi = part.partition("-")
         total += (int(hi) if hi else int(lo)) - int(lo) + 1
     return total
+
+
+class RingBuffer:
+    """libbpf's ring_buffer reading one BPF_MAP_TYPE_RINGBUF map.
+
+    ON_RECORD gets each record's bytes; poll()/consume() return how many
+    records were handed over.  An exception in ON_RECORD stops the pass and
+    is raised from poll()/consume().
+    """
+
+    def __init__(self, map_fd: int, on_record: Callable[[bytes], None]) -> None:
+        self._on_record = on_record
+        self._error: BaseException | None = None
+        self._cb = _RINGBUF_FN(self._sample)
+        lib = libbpf()
+        handle = lib.ring_buffer__new(map_fd, self._cb, None, None)
+        if not handle:
+            err = ctypes.get_errno() or _errno.EINVAL
+            raise OSError(err, f"ring_buffer__new: {os.strerror(err)}")
+        self._handle: int | None = int(handle)
+
+    def _sample(self, _ctx: int | None, data: int | None, size: int) -> int:
+        try:
+            self._on_record(ctypes.string_at(data, size) if data else b"")
+        except BaseException as exc:  # noqa: BLE001 - raised again by poll/consume
+            self._error = exc
+            return -1
+        return 0
+
+    def _done(self, ret: int, what: str) -> int:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+        if ret == -_errno.EINTR:
+            return 0
+        return _neg(ret, what)
+
+    def poll(self, timeout_ms: int) -> int:
+        if self._handle is None:
+            raise OSError(_errno.EBADF, "ring buffer closed")
+        return self._done(libbpf().ring_buffer__poll(_c_void_p(self._handle), timeout_ms),
+                          "ring_buffer__poll")
+
+    def consume(self) -> int:
+        if self._handle is None:
+            raise OSError(_errno.EBADF, "ring buffer closed")
+        return self._done(libbpf().ring_buffer__consume(_c_void_p(self._handle)),
+                          "ring_buffer__consume")
+
+    def fileno(self) -> int:
+        """libbpf's epoll fd: readable when a record is waiting."""
+        if self._handle is None:
+            raise OSError(_errno.EBADF, "ring buffer closed")
+        return int(libbpf().ring_buffer__epoll_fd(_c_void_p(self._handle)))
+
+    def close(self) -> None:
+        if self._handle is not None:
+            libbpf().ring_buffer__free(_c_void_p(self._handle))
+            self._handle = None

@@ -15,11 +15,17 @@ bpf/include/ebpfseccomp/syscalls_<arch>.h), so a filter compiled with
 
 from __future__ import annotations
 
-from ._syscall_tables import TABLES
+from ._syscall_tables import COMPAT_TABLES, TABLES
 from .errors import UsageError
 
 #: Architectures with a table, in the order the CLI lists them.
 ARCHES: tuple[str, ...] = tuple(TABLES)
+
+#: The ABIs a 64-bit kernel runs beside its own (i386 and x32 on x86_64, arm on
+#: aarch64): filters are not built for them, but a converted profile decides
+#: their calls too (ebpfseccomp.policy).  Numbers are as seccomp_data.nr
+#: carries them (x32's with X32_SYSCALL_BIT set).
+COMPAT_ARCHES: tuple[str, ...] = tuple(COMPAT_TABLES)
 
 #: Spellings accepted for an architecture, mapped to the name in ARCHES.
 ARCH_ALIASES: dict[str, str] = {
@@ -49,6 +55,11 @@ def canonical_arch(arch: str) -> str:
 def table(arch: str = "x86_64") -> dict[str, int]:
     """A copy of ARCH's name -> number table."""
     return dict(TABLES[canonical_arch(arch)])
+
+
+def compat_table(arch: str) -> dict[str, int]:
+    """A copy of compat ABI ARCH's name -> number table ("i386", "x32", "arm")."""
+    return dict(COMPAT_TABLES[arch])
 
 
 def nr(syscall: str | int, arch: str = "x86_64") -> int:

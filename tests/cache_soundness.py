@@ -7,7 +7,7 @@ then judges them: for every syscall the kernel caches, the emulator, run with
 random arguments, instruction pointer, pid, uid, gid and clock, must answer
 ALLOW (soundness: a counterexample is a syscall the kernel would answer from
 the cache that the program could answer otherwise); and
-ebpfseccomp.cacheability, run on the program as the kernel rewrote it (the
+ebpfseccomp.analysis.cacheability, run on the program as the kernel rewrote it (the
 xlated code), must give exactly the kernel's set, and run on the program as
 generated must never predict a syscall cached that the kernel does not cache
 (it may predict fewer where the verifier removed a branch it proved dead).
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import randprog
 
-from ebpfseccomp import cacheability
 from ebpfseccomp import insn as I
+from ebpfseccomp.analysis import cacheability
+from ebpfseccomp.analysis.emulator import EmulationError, Emulator, SyscallInput
 from ebpfseccomp.contract import Action, Verdict
-from ebpfseccomp.emulate import EmulationError, Emulator, SyscallInput
 
 ARTIFACT = "cache-soundness.json"
 M32 = 0xFFFFFFFF

@@ -30,10 +30,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "vm"))
 
+import arm64  # noqa: E402
 import vmlib  # noqa: E402
 
 IN_VM = os.environ.get(vmlib.IN_VM_ENV) == "1"
 SKIP_REASON = "needs the patched kernel in the VM: run make vm-test or pytest --vm"
+ARM64_SKIP_REASON = "needs the arm64 guest: run pytest --vm (or vm/vm-test --arch arm64)"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -102,6 +104,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "vm_selftests: placeholder expanded into one item per kernel selftest case (--vm)",
     )
+    config.addinivalue_line(
+        "markers",
+        "vm_arm64_selftests: the same for the arm64 guest (--vm; tests/vm/test_arm64.py)",
+    )
     results = os.environ.get("EBPFSECCOMP_VM_RESULTS")
     if IN_VM and results:
         config.pluginmanager.register(_OutcomeRecorder(Path(results)), "ebpfseccomp-vm-results")
@@ -113,13 +119,15 @@ def pytest_configure(config: pytest.Config) -> None:
 class VmRun:
     """One boot of the VM (one kernel flavour) for the whole host session (lazy)."""
 
-    def __init__(self, config: pytest.Config, flavor: str = "normal") -> None:
+    def __init__(self, config: pytest.Config, flavor: str = "normal",
+                 arch: str = "x86_64") -> None:
         self.config = config
         self.flavor = flavor
+        self.arch = arch
         self.done = False
         self.error = ""
-        name = "pytest" if flavor == "normal" else f"pytest-{flavor}"
-        self.results = vmlib.cache_dir() / "vm-test" / name
+        self.results = vmlib.cache_dir() / "vm-test" / f"pytest{_run_suffix(flavor, arch)}"
+        self.baseline = vmlib.baseline_list(flavor, arch)
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
         self.summary: dict[str, Any] = {}
@@ -142,16 +150,22 @@ class VmRun:
             "--flavor",
             self.flavor,
         ]
-        if not self.all_vm_items:
+        if self.arch != "x86_64":  # selftests and the enforcement check (vm/arm64.py)
+            cmd += ["--arch", self.arch]
+        elif not self.all_vm_items:
             ids = vmlib.cache_dir() / "vm-test" / f"{self.results.name}-nodeids.txt"
             ids.parent.mkdir(parents=True, exist_ok=True)
             ids.write_text("".join(f"{n}\n" for n in self.nodeids))
             cmd += ["--nodeids-file", str(ids)]
             if not self.nodeids:
                 cmd.append("--no-pytest")
-        if not self.want_selftests:
+        if not self.want_selftests and self.arch == "x86_64":
             cmd.append("--no-selftests")
-        print(f"\n[--vm] booting the VM once: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+        print(
+            f"\n[--vm] booting the {self.arch} {self.flavor} VM once: {' '.join(cmd[1:])}",
+            file=sys.stderr,
+            flush=True,
+        )
         if capman is not None:
             with capman.global_and_fixture_disabled():
                 proc = subprocess.run(
@@ -189,17 +203,22 @@ class VmRun:
 VM_RUN_PLUGIN = "ebpfseccomp-vm-run"
 
 
-def _plugin_name(flavor: str) -> str:
-    return VM_RUN_PLUGIN if flavor == "normal" else f"{VM_RUN_PLUGIN}-{flavor}"
+def _run_suffix(flavor: str, arch: str) -> str:
+    """"" for the normal x86_64 kernel, else "-debug", "-arm64"."""
+    return ("" if flavor == "normal" else f"-{flavor}") + ("" if arch == "x86_64" else f"-{arch}")
 
 
-def vm_run(config: pytest.Config, flavor: str = "normal") -> VmRun:
-    """The session's VmRun of a flavour, also reachable as the plugin named
-    VM_RUN_PLUGIN (normal) or VM_RUN_PLUGIN-<flavor>."""
-    run = config.pluginmanager.get_plugin(_plugin_name(flavor))
+def _plugin_name(flavor: str, arch: str = "x86_64") -> str:
+    return VM_RUN_PLUGIN + _run_suffix(flavor, arch)
+
+
+def vm_run(config: pytest.Config, flavor: str = "normal", arch: str = "x86_64") -> VmRun:
+    """The session's VmRun of a flavour and arch, also reachable as the plugin
+    named VM_RUN_PLUGIN (normal x86_64) or VM_RUN_PLUGIN-<flavor>/-arm64."""
+    run = config.pluginmanager.get_plugin(_plugin_name(flavor, arch))
     if run is None:
-        run = VmRun(config, flavor)
-        config.pluginmanager.register(run, _plugin_name(flavor))
+        run = VmRun(config, flavor, arch)
+        config.pluginmanager.register(run, _plugin_name(flavor, arch))
     assert isinstance(run, VmRun)
     return run
 
@@ -208,6 +227,20 @@ def vm_run(config: pytest.Config, flavor: str = "normal") -> VmRun:
 def vm_results(request: pytest.FixtureRequest) -> Path:
     """The results directory of this session's single VM run (booted if need be)."""
     return vm_run(request.config).ensure().results
+
+
+@pytest.fixture
+def arm64_results(request: pytest.FixtureRequest) -> Path:
+    """The results of this session's single arm64 boot (vm/vm-test --arch arm64);
+    skips without --vm or with EBPFSECCOMP_ARM64=0, fails if the boot failed."""
+    if IN_VM or not request.config.getoption("--vm"):
+        pytest.skip(ARM64_SKIP_REASON)
+    if not arm64.enabled():
+        pytest.skip("EBPFSECCOMP_ARM64=0: the arm64 phase is off")
+    run = vm_run(request.config, arch="arm64").ensure()
+    if run.error:
+        raise VmFailure(run.error)
+    return run.results
 
 
 class VmFailure(Exception):
@@ -271,20 +304,19 @@ class SelftestItem(_VmReportItem):
         *,
         result: vmlib.SelftestResult | None,
         error: str = "",
-        flavor: str = "normal",
+        baseline: Path = vmlib.BASELINE_LIST,
         **kw: Any,
     ):
         super().__init__(**kw)
         self.result = result
         self.error = error
-        self.flavor = flavor
+        self.baseline = baseline
 
     def runtest(self) -> None:
         if self.result is None:
             raise VmFailure(self.error or "no selftest results came back from the VM")
-        blist = vmlib.baseline_list(self.flavor)
         verdict, msg = vmlib.compare_to_baseline(
-            self.result, vmlib.load_baseline(blist), vmlib.baseline_binaries(blist)
+            self.result, vmlib.load_baseline(self.baseline), vmlib.baseline_binaries(self.baseline)
         )
         if verdict == "ok":
             return
@@ -327,14 +359,15 @@ class KernelCheckItem(_VmReportItem):
         return self.path, None, f"{self.name} [kernel's own checks, VM run]"
 
 
-def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
-    """Replace the vm_selftests placeholder(s) by one item per selftest case
-    and flavour (`test_selftests[seccomp_bpf:global.x]`, and
+def _expand_selftests(runs: list[VmRun], items: list[pytest.Item],
+                      marker: str = "vm_selftests") -> None:
+    """Replace the `marker` placeholder(s) by one item per selftest case and
+    run (`test_selftests[seccomp_bpf:global.x]`, and
     `test_selftests[debug:seccomp_bpf:global.x]` for the debug kernel), and
     the kernel's own checks of each run (`[kernel-console]`, `[debug:kmemleak]`)."""
     for i in reversed(range(len(items))):
         item = items[i]
-        if item.get_closest_marker("vm_selftests") is None:
+        if item.get_closest_marker(marker) is None:
             continue
         assert item.parent is not None
         new: list[pytest.Item] = []
@@ -346,7 +379,7 @@ def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
                     item.parent,
                     name=f"{item.name}[{prefix}{r.binary}:{r.name}]",
                     result=r,
-                    flavor=run.flavor,
+                    baseline=run.baseline,
                 )
                 for r in run.selftests
             ]
@@ -357,7 +390,7 @@ def _expand_selftests(runs: list[VmRun], items: list[pytest.Item]) -> None:
                         name=f"{item.name}[{prefix}no-results]",
                         result=None,
                         error=run.error or "no selftest results came back from the VM",
-                        flavor=run.flavor,
+                        baseline=run.baseline,
                     )
                 ]
             checks = ["kernel-console"] + (["kmemleak"] if "kmemleak" in run.summary else [])
@@ -406,6 +439,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items += extra
     if use_vm and not config.option.collectonly:
         _expand_selftests([vm_run(config, f) for f in flavors], items)
+        if arm64.enabled():
+            _expand_selftests([vm_run(config, arch="arm64")], items, "vm_arm64_selftests")
+
+
+def _session_runs(config: pytest.Config) -> list[VmRun]:
+    """The VM runs this session made or may make: each flavour, then arm64."""
+    names = [_plugin_name(f) for f in vm_flavors(config)] + [_plugin_name("normal", "arm64")]
+    runs = [config.pluginmanager.get_plugin(n) for n in names]
+    return [r for r in runs if isinstance(r, VmRun)]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -413,14 +455,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     no KernelCheckItem was selected to say so (e.g. `pytest --vm -k x`)."""
     if IN_VM or not session.config.getoption("--vm"):
         return
-    for flavor in vm_flavors(session.config):
-        run = session.config.pluginmanager.get_plugin(_plugin_name(flavor))
-        if not isinstance(run, VmRun) or run.checked or not run.summary:
+    for run in _session_runs(session.config):
+        if run.checked or not run.summary:
             continue
         kml = run.summary.get("kmemleak", {})
         if run.summary.get("kernel_findings") or kml.get("seccomp_or_bpf") or "error" in kml:
-            print(f"\n[--vm] the {flavor} kernel reported problems (not judged by a selected "
-                  f"item): see {run.results / 'report.txt'}", file=sys.stderr)
+            print(f"\n[--vm] the {run.arch} {run.flavor} kernel reported problems (not judged "
+                  f"by a selected item): see {run.results / 'report.txt'}", file=sys.stderr)
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -462,6 +503,9 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
         out.append(f"  baseline {Path(str(s['baseline'])).name}: "
                    + (", ".join(regs[:8]) + (" ..." if len(regs) > 8 else "")
                       if regs else "no regression"))
+    if "enforce" in s:
+        out.append(f"  enforcement checks: {s['enforce'].get('pass', 0)} as expected, "
+                   f"{s['enforce'].get('fail', 0)} not")
     kinds = s.get("finding_kinds", {})
     out.append("  kernel findings: "
                + (", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "none"))
@@ -489,8 +533,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     time of each phase."""
     if IN_VM or not config.getoption("--vm"):
         return
-    runs = [config.pluginmanager.get_plugin(_plugin_name(f)) for f in vm_flavors(config)]
-    summaries = [r.summary for r in runs if isinstance(r, VmRun) and r.summary]
+    summaries = [r.summary for r in _session_runs(config) if r.summary]
     if not summaries:
         return
     tr = terminalreporter

@@ -147,6 +147,7 @@ EXAMPLES: dict[str, list[Scenario]] = {
     ],
     "allowlist_switch": _allowlist(),
     "allowlist_hashmap": _allowlist(),
+    "allowlist_table": _allowlist(),
     "arg_rules": [
         _one_each("socket families", [
             Step("socket", EACCES, args=(AF_NETLINK, 3, 0)),

@@ -23,9 +23,9 @@ import cache_soundness as soundness
 import pytest
 import randprog
 
-from ebpfseccomp import cacheability
+from ebpfseccomp.analysis import cacheability
+from ebpfseccomp.analysis.emulator import Emulator
 from ebpfseccomp.contract import Action, Verdict
-from ebpfseccomp.emulate import Emulator
 
 INPUTS_PER_SYSCALL = int(os.environ.get("EBPFSECCOMP_CACHE_INPUTS", "2"))
 

@@ -1,4 +1,4 @@
-"""ebpfseccomp.cacheability: which syscalls the kernel's action cache serves.
+"""ebpfseccomp.analysis.cacheability: which syscalls the kernel's action cache serves.
 
 The expectations mirror the kernel selftests of kernel-patches/0011 (section
 "the action cache for eBPF filters"); tests/vm/test_cache.py compares the
@@ -8,6 +8,7 @@ analysis with the kernel itself.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from asm import (
@@ -31,8 +32,10 @@ from asm import (
     stx,
 )
 
-from ebpfseccomp import cacheability as C
+from ebpfseccomp.analysis import cacheability as C
+from ebpfseccomp.build import build
 from ebpfseccomp.cli import main
+from ebpfseccomp.elf import load_object
 from ebpfseccomp.insn import (
     BPF_ADD,
     BPF_ALU,
@@ -227,3 +230,34 @@ def test_check_reports_the_cache(tmp_path, capsys) -> None:  # type: ignore[no-u
     assert x86["nr_count"] == 463
     assert nc["nr"] == 110 and nc["name"] == "getppid" and nc["insn"] == 4
     assert "helper" in nc["reason"]
+
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "bpf" / "examples"
+
+
+def _cache_of_source(tmp_path: Path, name: str, source: str | None = None) -> dict[str, set[int]]:
+    src = EXAMPLES / f"{name}.c"
+    if source is not None:
+        src = tmp_path / f"{name}.c"
+        src.write_text(source)
+        (tmp_path / "allowlist.h").write_text((EXAMPLES / "allowlist.h").read_text())
+    obj = load_object(str(build(src, out=tmp_path / f"{name}.o", arch="x86_64")))
+    return {c.arch: set(c.cached) for c in C.analyze_program(obj.program(), obj.maps)}
+
+
+def test_read_only_table_is_read_at_attach(tmp_path: Path) -> None:
+    """A .rodata table (frozen, read-only for programs) is as good as a switch."""
+    table = _cache_of_source(tmp_path, "allowlist_table")
+    switch = _cache_of_source(tmp_path, "allowlist_switch")
+    assert table == switch
+    assert 39 in table["x86_64"] and 101 not in table["x86_64"]  # getpid, not ptrace
+
+
+def test_writable_table_is_not_read(tmp_path: Path) -> None:
+    """The same table in .data: user space may change it, nothing is cached."""
+    src = (EXAMPLES / "allowlist_table.c").read_text()
+    assert "static const __u32 actions" in src
+    src = src.replace("static const __u32 actions", "__u32 actions")  # .data
+    cache = _cache_of_source(tmp_path, "allowlist_table", src)
+    assert cache["x86_64"] == set(C.EXCEPTIONS["x86_64"])

@@ -32,11 +32,12 @@ from asm import (
     stx,
 )
 
+from ebpfseccomp.analysis.checker import check
+from ebpfseccomp.analysis.report import Report
 from ebpfseccomp.cli import main
 from ebpfseccomp.contract import HELPER_IDS, Tier
 from ebpfseccomp.elf import load_object_bytes
 from ebpfseccomp.insn import BPF_AND, BPF_B, BPF_DIV, BPF_DW, BPF_H, BPF_LSH, BPF_W, Insn
-from ebpfseccomp.inspect import Report, check
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -316,8 +317,8 @@ def test_unsupported_map_type() -> None:
 
 
 def test_problem_rendering_with_source_line() -> None:
+    from ebpfseccomp.analysis.report import Problem
     from ebpfseccomp.elf import SourceLine
-    from ebpfseccomp.inspect import Problem
 
     p = Problem(12, SourceLine("/src/filter.c", 33, 5, "x"), "store to ctx", "copy it", "c")
     assert p.render("f.o") == "f.o:insn 12 (filter.c:33): store to ctx; copy it"

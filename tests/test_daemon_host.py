@@ -771,7 +771,7 @@ def test_cli_daemon_commands(start: Any, catalog: Path, tmp_path: Path) -> None:
 
 def test_real_backend_skips_unloadable_entries(tmp_path: Path, catalog: Path) -> None:
     pytest.importorskip("ebpfseccomp.loader")
-    pytest.importorskip("ebpfseccomp.inspect")
+    pytest.importorskip("ebpfseccomp.analysis.checker")
     build = pytest.importorskip("ebpfseccomp.build")
     src = tmp_path / "allow.c"
     src.write_text(

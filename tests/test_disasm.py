@@ -30,6 +30,7 @@ from asm import (
     stx,
 )
 
+from ebpfseccomp.analysis.disasm import disasm
 from ebpfseccomp.cli import main
 from ebpfseccomp.elf import load_object_bytes
 from ebpfseccomp.insn import (
@@ -47,7 +48,6 @@ from ebpfseccomp.insn import (
     BPF_W,
     Insn,
 )
-from ebpfseccomp.inspect import disasm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -181,10 +181,10 @@ import re as _re  # noqa: E402
 import shutil as _shutil  # noqa: E402
 import subprocess as _subprocess  # noqa: E402
 
+from ebpfseccomp.analysis.disasm import disasm as _disasm  # noqa: E402
+from ebpfseccomp.analysis.disasm import disasm_data as _disasm_data  # noqa: E402
 from ebpfseccomp.build import build as _build  # noqa: E402
 from ebpfseccomp.elf import load_object as _load_object  # noqa: E402
-from ebpfseccomp.inspect import disasm as _disasm  # noqa: E402
-from ebpfseccomp.inspect import disasm_data as _disasm_data  # noqa: E402
 
 _EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "bpf" / "examples").glob("*.c"))
 

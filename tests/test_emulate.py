@@ -33,16 +33,16 @@ from asm import (
 )
 
 from ebpfseccomp import insn as I
-from ebpfseccomp.cli import main
-from ebpfseccomp.contract import HELPER_IDS, Action
-from ebpfseccomp.elf import BpfObject, MapSpec, Program, Reloc, SourceLine, load_object
-from ebpfseccomp.emulate import (
+from ebpfseccomp.analysis.emulator import (
     CTX_ADDR,
     Emulator,
     Environment,
     HelperCall,
     SyscallInput,
 )
+from ebpfseccomp.cli import main
+from ebpfseccomp.contract import HELPER_IDS, Action
+from ebpfseccomp.elf import BpfObject, MapSpec, Program, Reloc, SourceLine, load_object
 from ebpfseccomp.errors import EmulationError
 
 H = HELPER_IDS

@@ -15,7 +15,7 @@ from ebpfseccomp.syscalls import nr
 
 pytestmark = pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed")
 
-emulate = pytest.importorskip("ebpfseccomp.emulate")
+emulate = pytest.importorskip("ebpfseccomp.analysis.emulator")
 elf = pytest.importorskip("ebpfseccomp.elf")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "bpf" / "examples"

@@ -27,11 +27,12 @@ from asm import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ebpfseccomp.analysis.checker import check
+from ebpfseccomp.analysis.disasm import disasm
 from ebpfseccomp.cli import main
 from ebpfseccomp.elf import load_object_bytes
 from ebpfseccomp.errors import ObjectError
 from ebpfseccomp.insn import BPF_W
-from ebpfseccomp.inspect import check, disasm
 
 CLANG_SRC = r"""
 #define SEC(n) __attribute__((section(n), used))

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ebpfseccomp import insn as I
+from ebpfseccomp.analysis.emulator import Emulator, SyscallInput
 from ebpfseccomp.elf import BpfObject, Program
-from ebpfseccomp.emulate import Emulator, SyscallInput
 
 M64 = (1 << 64) - 1
 M32 = (1 << 32) - 1
@@ -284,7 +284,7 @@ insn_st = st.builds(
 @settings(max_examples=400, deadline=None)
 @given(prog=st.lists(insn_st, min_size=1, max_size=12), args=st.lists(u64, max_size=6))
 def test_random_programs_run_or_fail_clearly(prog: list[I.Insn], args: list[int]) -> None:
-    from ebpfseccomp.emulate import Environment
+    from ebpfseccomp.analysis.emulator import Environment
     from ebpfseccomp.errors import EmulationError
 
     # r1 = ctx, r2 = a stack pointer: memory instructions have a chance to be valid

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from ebpfseccomp import syscalls
 from ebpfseccomp.cli import main
 from ebpfseccomp.policy import cbpf, libseccomp, model, semantics
 
@@ -65,6 +66,22 @@ BAD = [
     (_base(syscalls=[_rule(action=5)]), "syscalls[0].action", "expected an action name"),
     (_base(syscalls=[_rule(extra=1)]), "syscalls[0].extra", "unknown field"),
     (_base(syscalls="read"), "syscalls", "expected an array"),
+    (_base(archMap=[{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_ARM"]}]),
+     "archMap[0].subArchitectures[0]", "not an ABI a SCMP_ARCH_X86_64 kernel runs"),
+    (_base(archMap=[{"architecture": "SCMP_ARCH_AARCH64",
+                     "subArchitectures": ["SCMP_ARCH_X86_64"]}]),
+     "archMap[0].subArchitectures[0]", "not an ABI a SCMP_ARCH_AARCH64 kernel runs"),
+    (_base(archMap=[{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []},
+                    {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}]),
+     "archMap[1].architecture", "mapped twice"),
+    (_base(archMap=[{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": "SCMP_ARCH_X86"}]),
+     "archMap[0].subArchitectures", "expected an array"),
+    (_base(archMap=[{"subArchitectures": ["SCMP_ARCH_X86"]}]), "archMap[0].architecture",
+     "missing"),
+    (_base(architectures=["SCMP_ARCH_X86_64"],
+           archMap=[{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": []}]),
+     "archMap", "both architectures and archMap"),
+    (_base(architectures="SCMP_ARCH_X86"), "architectures", "expected an array"),
 ]
 
 
@@ -149,7 +166,15 @@ def test_select_caps_and_arches_like_docker() -> None:
     sel = model.select(profile, caps=model.parse_caps("CAP_DAC_READ_SEARCH"))
     used = {r.index for r in sel.rules}
     assert 13 in used and 14 not in used
-    assert sel.dropped_arches == ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert sel.arches == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert sel.dropped_arches == []
+    sel = model.select(profile, arch="aarch64")
+    assert sel.arches == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"] and sel.dropped_arches == []
+    flat = model.parse(json.dumps(_base(architectures=["SCMP_ARCH_X86", "SCMP_ARCH_AARCH64",
+                                                       "SCMP_ARCH_X86_64"])))
+    sel = model.select(flat)  # the native ABI is always there, as libseccomp's seccomp_init adds it
+    assert sel.arches == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]
+    assert sel.dropped_arches == ["SCMP_ARCH_AARCH64"]
     with pytest.raises(model.PolicyError):
         model.parse_caps("CAP_FLY")
 
@@ -164,22 +189,26 @@ def test_semantics_64_bit_and_masked() -> None:
     assert gt is not None and gt.holds((1 << 32) + 1) and not gt.holds(0xFFFFFFFF)
 
 
-def test_cbpf_detects_libseccomp_stale_accumulator() -> None:
+def _cmp(i: int, v: int, op: str) -> dict:
+    return {"index": i, "value": v, "op": "SCMP_CMP_" + op}
+
+
+def _with_libseccomp(prof: dict, arch: str = "x86_64"
+                     ) -> tuple[model.Selection, semantics.Plan, libseccomp.Classic]:
+    """A profile's selection (no capabilities), its plan and libseccomp's program."""
     try:
         libseccomp.library()
     except libseccomp.LibseccompError as exc:
         pytest.skip(str(exc))
+    sel = model.select(model.parse(json.dumps(prof)), arch=arch, caps=())
+    return sel, semantics.compile(sel), libseccomp.build(sel)
 
-    def a(i: int, v: int, op: str) -> dict:
-        return {"index": i, "value": v, "op": "SCMP_CMP_" + op}
 
-    prof = {"defaultAction": "SCMP_ACT_LOG", "syscalls": [
-        {"names": ["semctl"], "action": "SCMP_ACT_ALLOW", "args": [a(0, 160, "GE")]},
+def test_cbpf_detects_libseccomp_stale_accumulator() -> None:
+    _sel, plan, classic = _with_libseccomp({"defaultAction": "SCMP_ACT_LOG", "syscalls": [
+        {"names": ["semctl"], "action": "SCMP_ACT_ALLOW", "args": [_cmp(0, 160, "GE")]},
         {"names": ["semctl"], "action": "SCMP_ACT_ALLOW",
-         "args": [a(1, 9514, "EQ"), a(0, 0xFFFFFFFF80000000, "LT")]}]}
-    sel = model.select(model.parse(json.dumps(prof)), caps=())
-    classic = libseccomp.build(sel)
-    plan = semantics.compile(sel)
+         "args": [_cmp(1, 9514, "EQ"), _cmp(0, 0xFFFFFFFF80000000, "LT")]}]})
     call = (0xC000003E, 66, (0, 1, 0, 0, 0, 0))
     if cbpf.run(classic.insns, *call) == plan.decide(*call):
         pytest.skip(f"libseccomp {libseccomp.version()} no longer has the stale-accumulator bug")
@@ -193,7 +222,10 @@ def test_cli_convert_c_o_and_classic(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["convert", str(COMMON), "-o", str(c), "--kernel-version", "6.12"]) == 0
     text = c.read_text()
     assert "case 135: /* personality */" in text and "syscalls[2]: SCMP_ACT_ALLOW" in text
-    assert "static __always_inline int filter_x86_64" in text
+    for fn in ("x86_64", "i386", "x32"):
+        assert f"static __always_inline int filter_{fn}(" in text
+    assert "return filter_x32(ctx);" in text
+    assert "if (arch == 0x40000003U) { /* SCMP_ARCH_X86 */" in text
     o = tmp_path / "f.o"
     assert main(["convert", str(COMMON), "-o", str(o), "--arch", "aarch64"]) == 0
     assert o.read_bytes()[:4] == b"\x7fELF"
@@ -202,31 +234,143 @@ def test_cli_convert_c_o_and_classic(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["convert", str(COMMON), "--classic", "-o", str(bpf), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert bpf.stat().st_size == 8 * doc["classic_insns"]
-    assert doc["dropped_architectures"] == ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]
+    assert doc["dropped_architectures"] == []
+    assert doc["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]
 
 
 @needs_clang
 def test_libseccomp_tree_merge_deviation_is_classified_not_hidden() -> None:
     """Two rules comparing one argument with GT: libseccomp 2.5.4 drops the wider one."""
-    try:
-        libseccomp.library()
-    except libseccomp.LibseccompError as exc:
-        pytest.skip(str(exc))
     from ebpfseccomp.policy import differential
 
-    def a(i: int, v: int, op: str) -> dict:
-        return {"index": i, "value": v, "op": "SCMP_CMP_" + op}
-
-    prof = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
-        {"names": ["sched_setparam"], "action": "SCMP_ACT_LOG", "args": [a(0, 247, "GT")]},
+    sel, plan, classic = _with_libseccomp({"defaultAction": "SCMP_ACT_ERRNO", "syscalls": [
+        {"names": ["sched_setparam"], "action": "SCMP_ACT_LOG", "args": [_cmp(0, 247, "GT")]},
         {"names": ["sched_setparam"], "action": "SCMP_ACT_LOG",
-         "args": [a(4, 0x80000000, "LE"), a(0, 130, "GT")]}]}
-    sel = model.select(model.parse(json.dumps(prof)), caps=())
-    plan = semantics.compile(sel)
+         "args": [_cmp(4, 0x80000000, "LE"), _cmp(0, 130, "GT")]}]})
     assert (0xC000003E, 142) in semantics.libseccomp_tree_risk(plan)
     call = (0xC000003E, 142, (200, 0, 0, 0, 0, 0))
     assert plan.decide(*call) == 0x7FFC0000  # the second rule matches: LOG
     report = differential.compare(sel, calls=[call])
     assert report.disagreements == 0
-    if cbpf.run(libseccomp.build(sel).insns, *call) != plan.decide(*call):
+    if cbpf.run(classic.insns, *call) != plan.decide(*call):
         assert report.libseccomp_tree_merge == 1
+
+
+# --- sub-architectures ----------------------------------------------------------
+
+ALLOW, LOG, EPERM, KILL = 0x7FFF0000, 0x7FFC0000, 0x00050001, 0x00000000
+AUDIT_X86_64, AUDIT_I386, AUDIT_AARCH64, AUDIT_ARM = 0xC000003E, 0x40000003, 0xC00000B7, 0x40000028
+HI = 1 << 32  # an upper half a 32-bit ABI's comparison does not see
+
+
+def _compat_profile(subs: dict[str, list[str]]) -> dict:
+    return {"defaultAction": "SCMP_ACT_ERRNO",
+            "archMap": [{"architecture": a, "subArchitectures": s} for a, s in subs.items()],
+            "syscalls": [
+                {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["socket"], "action": "SCMP_ACT_ALLOW", "args": [_cmp(0, 2, "EQ")]},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [_cmp(0, 0xFFFFFFFF, "EQ")]},
+                {"names": ["semctl"], "action": "SCMP_ACT_LOG"}]}
+
+
+@needs_clang
+def test_sub_architectures_decide_as_libseccomp() -> None:
+    """i386 (socketcall/ipc, 32-bit arguments), x32 (in x86_64's block), arm:
+    the plan's answers, and libseccomp's program and the eBPF object agree."""
+    from ebpfseccomp.policy import differential
+
+    i386, x32, arm = (syscalls.compat_table(a) for a in ("i386", "x32", "arm"))
+    x64, a64 = syscalls.table("x86_64"), syscalls.table("aarch64")
+    sel, plan, _ = _with_libseccomp(_compat_profile(
+        {"SCMP_ARCH_X86_64": ["SCMP_ARCH_X86", "SCMP_ARCH_X32"]}))
+    expect = [
+        (AUDIT_I386, i386["getpid"], (0,) * 6, ALLOW),
+        (AUDIT_I386, i386["socketcall"], (1, 7, 0, 0, 0, 0), ALLOW),  # a0 is SYS_SOCKET now
+        (AUDIT_I386, i386["socketcall"], (2, 0, 0, 0, 0, 0), EPERM),
+        (AUDIT_I386, i386["socket"], (2 | HI, 0, 0, 0, 0, 0), ALLOW),  # low half only
+        (AUDIT_I386, i386["socket"], (3, 0, 0, 0, 0, 0), EPERM),
+        (AUDIT_I386, i386["personality"], (0xFFFFFFFF | HI, 0, 0, 0, 0, 0), ALLOW),
+        (AUDIT_I386, i386["ipc"], (3, 0, 0, 0, 0, 0), LOG),  # SEMCTL
+        (AUDIT_I386, i386["ipc"], (3 | HI, 0, 0, 0, 0, 0), LOG),
+        (AUDIT_I386, i386["ipc"], (2, 0, 0, 0, 0, 0), EPERM),
+        (AUDIT_I386, i386["semctl"], (0,) * 6, LOG),
+        (AUDIT_X86_64, x64["socket"], (2 | HI, 0, 0, 0, 0, 0), EPERM),  # 64-bit: all of it
+        (AUDIT_X86_64, x64["personality"], (0xFFFFFFFF | HI, 0, 0, 0, 0, 0), EPERM),
+        (AUDIT_X86_64, x32["getpid"], (0,) * 6, ALLOW),
+        (AUDIT_X86_64, x32["socket"], (2 | HI, 0, 0, 0, 0, 0), ALLOW),  # x32: low half only
+        (AUDIT_X86_64, 0x40000000 + 999, (0,) * 6, EPERM),  # x32 in the filter: the default
+        (AUDIT_X86_64, 0xFFFFFFFF, (0,) * 6, EPERM),
+        (AUDIT_ARM, arm["getpid"], (0,) * 6, KILL),  # not in the filter: bad-arch action
+    ]
+    assert [plan.decide(a, n, args) for a, n, args, _ in expect] == [e for *_, e in expect]
+    report = differential.compare(sel, calls=[(a, n, args) for a, n, args, _ in expect])
+    assert report.compared == len(expect) and report.disagreements == 0, report.examples
+
+    sel, plan, _ = _with_libseccomp(_compat_profile({"SCMP_ARCH_X86_64": ["SCMP_ARCH_X86"]}))
+    expect = [(AUDIT_X86_64, x32["getpid"], (0,) * 6, KILL),  # x32 left out: bad-arch action
+              (AUDIT_X86_64, 0xFFFFFFFF, (0,) * 6, EPERM),  # -1 is no ABI: the default
+              (AUDIT_X86_64, x64["getpid"], (0,) * 6, ALLOW)]
+    assert [plan.decide(a, n, args) for a, n, args, _ in expect] == [e for *_, e in expect]
+    assert differential.compare(sel, calls=[c[:3] for c in expect]).disagreements == 0
+
+    sel, plan, _ = _with_libseccomp(_compat_profile({"SCMP_ARCH_AARCH64": ["SCMP_ARCH_ARM"]}),
+                                    arch="aarch64")
+    expect = [(AUDIT_ARM, arm["getpid"], (0,) * 6, ALLOW),
+              (AUDIT_ARM, arm["socket"], (2 | HI, 0, 0, 0, 0, 0), ALLOW),
+              (AUDIT_ARM, arm["semctl"], (0,) * 6, LOG),
+              (AUDIT_AARCH64, a64["socket"], (2 | HI, 0, 0, 0, 0, 0), EPERM),
+              (AUDIT_I386, i386["getpid"], (0,) * 6, KILL)]
+    assert [plan.decide(a, n, args) for a, n, args, _ in expect] == [e for *_, e in expect]
+    assert differential.compare(sel, calls=[c[:3] for c in expect]).disagreements == 0
+
+
+def test_multiplexed_rules_that_collide_are_refused_like_libseccomp() -> None:
+    """Exclusive on x86_64 (a0 16 vs 2), the same chain on i386's socketcall
+    (a0 replaced by SYS_SOCKET): libseccomp refuses it (EEXIST), so does convert."""
+    prof = _base(archMap=[{"architecture": "SCMP_ARCH_X86_64",
+                           "subArchitectures": ["SCMP_ARCH_X86"]}], syscalls=[
+        _rule(action="SCMP_ACT_ERRNO", errnoRet=22, args=[_cmp(0, 16, "EQ")]),
+        _rule(args=[_cmp(0, 2, "EQ")])])
+    sel = model.select(model.parse(json.dumps(prof)), caps=())
+    with pytest.raises(model.PolicyError) as info:
+        semantics.compile(sel)
+    assert info.value.path == "syscalls[1]"
+    assert "socketcall on i386 (calls it multiplexes: socket)" in info.value.message
+    try:
+        libseccomp.library()
+    except libseccomp.LibseccompError:
+        return
+    with pytest.raises(libseccomp.LibseccompError, match="File exists"):
+        libseccomp.build(sel)
+    no_sub = model.select(model.parse(json.dumps(dict(prof, archMap=[]))), caps=())
+    assert semantics.compile(no_sub).arches[0].name == "x86_64"  # fine without i386
+
+
+def test_compat_tables_come_from_the_kernel() -> None:
+    i386, x32, arm = (syscalls.compat_table(a) for a in ("i386", "x32", "arm"))
+    assert (i386["read"], i386["socketcall"], i386["ipc"], i386["socket"]) == (3, 102, 117, 359)
+    assert x32["read"] == 0x40000000 and x32["rt_sigaction"] == 0x40000000 + 512
+    assert arm["getpid"] == 20 and arm["set_tls"] == 0x0F0005
+    assert "socketcall" not in x32 and "arch_prctl" not in arm
+
+
+def test_cli_arch_faults_and_other_machines_abis(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(_base(archMap=[
+        {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]},
+        {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_X32"]}])))
+    assert main(["convert", str(bad), "--arch", "x86_64"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}: archMap[1].subArchitectures[0]: SCMP_ARCH_X32 is not an ABI" in err
+    assert "Traceback" not in err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_base(architectures=["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64",
+                                                     "SCMP_ARCH_ARM", "SCMP_ARCH_X32"])))
+    assert main(["convert", str(other), "--arch", "x86_64", "--json"]) == 0
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["architectures"] == ["SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+    assert doc["dropped_architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
+    assert "SCMP_ARCH_ARM is not an ABI a SCMP_ARCH_X86_64 kernel runs" in captured.err

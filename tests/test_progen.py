@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import progen
 
+from ebpfseccomp.analysis.checker import check
 from ebpfseccomp.elf import load_object_bytes
-from ebpfseccomp.inspect import check
 
 
 def test_generation_is_deterministic() -> None:

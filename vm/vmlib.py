@@ -66,13 +66,16 @@ def cache_dir() -> Path:
     return path.resolve()
 
 
-def kernel_dir(baseline: bool = False, flavor: str = "normal") -> Path:
+def kernel_dir(baseline: bool = False, flavor: str = "normal", arch: str = "x86_64") -> Path:
     """The output directory of the up-to-date kernel build (VmError if absent)."""
-    override = os.environ.get(KERNEL_DIR_ENV) if not baseline else None
+    override = (os.environ.get(KERNEL_DIR_ENV)
+                if not baseline and arch == "x86_64" and flavor == "normal" else None)
     if override:
         return Path(override)
     cmd = [str(VM_DIR / "build-kernel"), "--print-path"] + (["--baseline"] if baseline else [])
     cmd += ["--flavor", flavor]
+    if arch != "x86_64":
+        cmd += ["--arch", arch]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise VmError(proc.stderr.strip() or "vm/build-kernel --print-path failed")
@@ -303,6 +306,14 @@ def run_in_vm(
     EBPFSECCOMP_KERNEL_DIR.  A panic or a hang ends in a non-zero status with
     the console log's tail on stderr, never in waiting forever.
     """
+    if (kdir / "Image").exists():  # an arm64 build: QEMU directly (vm/arm64.py)
+        import arm64
+
+        return arm64.run_command(
+            cmd, kdir=kdir, rundir=rundir, user=user, cwd=cwd, timeout=timeout,
+            follow=(stdout, stderr), env=env, share=share, memory=memory, cpus=cpus,
+            console_tail=console_tail,
+        )  # fmt: skip
     bzimage = kdir / "bzImage"
     if not bzimage.exists():
         raise VmError(f"{bzimage} not found: run make kernel")

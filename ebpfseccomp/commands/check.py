@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cacheability import ArchCache, analyze_program, line_for
+from ..analysis.cacheability import ArchCache, analyze_program, line_for
+from ..analysis.checker import check
+from ..analysis.report import Report
 from ..contract import Tier
 from ..elf import Program, load_object
-from ..inspect import Report, check
 from ..syscalls import name as syscall_name
 
 DESCRIPTION = """\
@@ -181,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         report = check(obj, name, unprivileged=args.unprivileged)
         prog = obj.program(name)
-        caches = analyze_program(prog) if report.loadable else []
+        caches = analyze_program(prog, obj.maps) if report.loadable else []
         ok = ok and report.loadable
         if args.json:
             out = report.to_dict()

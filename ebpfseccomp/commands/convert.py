@@ -28,9 +28,13 @@ the same profile (docs/policies.md lists every rule).
                      seccomp_export_bpf writes), without -o a listing
 
 Rules are resolved for one container as Docker does it: --arch picks the
-native ABI and its sub-architectures from archMap, --caps the capability set
-for includes/excludes.caps (default: Docker's default set), --kernel-version
-the kernel for includes.minKernel (default: the running one).
+native ABI and its sub-architectures from archMap (or the ABIs listed in
+architectures), --caps the capability set for includes/excludes.caps
+(default: Docker's default set), --kernel-version the kernel for
+includes.minKernel (default: the running one).  The filter decides every ABI
+the kernel of that architecture runs and the profile names: x86_64 with i386
+(socketcall/ipc included) and x32, aarch64 with arm; calls of any other ABI
+get libseccomp's bad-architecture action (kill).
 
 A bad profile is refused with the JSON path of the fault, e.g.
   profile.json: syscalls[12].args[0].op: unknown comparison 'SCMP_CMP_FOO'
@@ -88,9 +92,9 @@ def run(args: argparse.Namespace) -> int:
                               hint=exc.hint) from None
         raise
     for a in sel.dropped_arches:
-        print(f"ebpfseccomp convert: warning: {a} is not converted yet: its calls get the "
-              "bad-architecture action (KILL), in the eBPF and the classic filter alike",
-              file=sys.stderr)
+        print(f"ebpfseccomp convert: warning: {a} is not an ABI a {sel.native} kernel runs: "
+              "left out, its calls get the bad-architecture action (KILL), in the eBPF and "
+              "the classic filter alike", file=sys.stderr)
     for ap in plan.arches:
         for audit, nr in sorted(libseccomp_tree_risk(plan)):
             if audit == ap.audit:

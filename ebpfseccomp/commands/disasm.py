@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..analysis.disasm import disasm, disasm_data
 from ..elf import load_object
-from ..inspect import disasm, disasm_data
 
 DESCRIPTION = """\
 Print a BPF object's program as a readable listing: one instruction per

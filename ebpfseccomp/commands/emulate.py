@@ -5,14 +5,23 @@ from __future__ import annotations
 import argparse
 import errno as _errno
 import json
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..contract import ACTIONS_WITH_DATA, AUDIT_ARCH, MAX_ERRNO, Action, Verdict
+from ..analysis.emulator import Emulator, Environment, Result, SyscallInput
+from ..btf import decode
+from ..contract import (
+    ACTIONS_WITH_DATA,
+    AUDIT_ARCH,
+    MAX_ERRNO,
+    SECCOMP_RET_DATA,
+    Action,
+    Verdict,
+)
 from ..elf import load_object
-from ..emulate import Emulator, Environment, Result, SyscallInput
 from ..errors import EbpfSeccompError, UsageError
 from ..loader import encode, group_assignments, patch_global
 from ..syscalls import ARCHES
@@ -184,7 +193,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--trace-insns", action="store_true",
                    help="print every instruction executed and the registers it changed")
     p.add_argument("--dump-maps", action="store_true",
-                   help="after the run, print every map's entries (arrays: the non-zero ones)")
+                   help="after the run, print every map's entries (arrays: the non-zero ones), "
+                        "decoded with the map's BTF types where the object has them")
     p.add_argument("--check", action="store_true",
                    help="with --trace: exit 1 at the first line whose \"expect\" differs")
     p.add_argument("--json", action="store_true", help="print the result as a JSON object")
@@ -355,27 +365,39 @@ def _number(raw: bytes) -> int | str:
 
 def dump_maps(emu: Emulator) -> dict[str, Any]:
     """Every map's entries after the run; arrays list only non-zero values.
-    Globals are shown as their section's bytes."""
+    Keys and values as numbers (1, 2, 4, 8 bytes) or hex; where the object
+    has BTF for the map also "key_btf"/"value_btf": decoded with its types
+    (structs as objects, char arrays as text).  A global section: its bytes,
+    and "vars" (each variable's value) where BTF describes it."""
     out: dict[str, Any] = {}
     for name, m in emu.maps.items():
         if name.startswith(".rodata.init."):
             continue
+        spec = m.spec
+        btf = getattr(spec, "btf", None)
         if m.is_global:
             raw = m.lookup(0) or b""
             out[name] = {"bytes": raw.hex()}
+            if btf is not None and spec.value_type:
+                out[name]["vars"] = decode(btf, spec.value_type, raw)
             continue
         entries = []
         for k, v in m.items():
             if m.__class__.__name__.startswith("Array") and not any(v):
                 continue
-            entries.append({"key": _number(k), "value": _number(v)})
+            entry: dict[str, Any] = {"key": _number(k), "value": _number(v)}
+            if btf is not None and spec.key_type:
+                entry["key_btf"] = decode(btf, spec.key_type, k)
+            if btf is not None and spec.value_type:
+                entry["value_btf"] = decode(btf, spec.value_type, v)
+            entries.append(entry)
         out[name] = {"entries": entries}
     return out
 
 
 def print_steps(emu: Emulator, res: Result) -> None:
     """seccomp-tools emu style: each instruction as disasm shows it, and what it set."""
-    from ..inspect import _Disassembler
+    from ..analysis.disasm import _Disassembler
 
     dis = _Disassembler(emu.obj, emu.prog)
     insns = emu.prog.insns
@@ -387,19 +409,30 @@ def print_steps(emu: Emulator, res: Result) -> None:
 
 
 def print_maps(maps: dict[str, Any]) -> None:
+    def show(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value)
+
     for name, data in maps.items():
         if "bytes" in data:
             print(f"{name}: {data['bytes'] or '(empty)'}")
+            for var, value in data.get("vars", {}).items():
+                print(f"  {var} = {show(value)}")
             continue
         print(f"{name}: {len(data['entries'])} entr{'y' if len(data['entries']) == 1 else 'ies'}")
         for e in data["entries"]:
-            print(f"  {e['key']} -> {e['value']}")
+            print(f"  {show(e.get('key_btf', e['key']))} -> {show(e.get('value_btf', e['value']))}")
 
 
 def parse_expect(text: str) -> str:
-    """Normalise an expected action: ALLOW, ERRNO(EPERM) -> ERRNO(1), TRAP(5) ..."""
+    """Normalise an expected action: ALLOW, ERRNO(EPERM) -> ERRNO(1), TRAP(5) ...;
+    UsageError naming the problem for anything else."""
     t = text.strip().upper().replace(" ", "")
-    head, _, rest = t.partition("(")
+    m = re.fullmatch(r"([A-Z_]*)(?:\(([^()]*)\))?", t)
+    if m is None:
+        raise UsageError(f"malformed action {text!r} in \"expect\"",
+                         hint="write an action name, with its data in parentheses: "
+                              "ALLOW, ERRNO(EPERM), TRAP(5)")
+    head, data = m.group(1), m.group(2)
     if head.startswith("SECCOMP_RET_"):
         head = head[len("SECCOMP_RET_"):]
     if head == "KILL":
@@ -408,16 +441,24 @@ def parse_expect(text: str) -> str:
         raise UsageError(f"unknown action {text!r} in \"expect\"",
                          hint=f"one of {', '.join(Action.__members__)}, e.g. ERRNO(EPERM)")
     act = Action[head]
-    if not rest:
+    if data is None:
         if act in ACTIONS_WITH_DATA:
             return f"{act.name}(0)"
         return act.name
-    data = rest.rstrip(")")
     if act not in ACTIONS_WITH_DATA:
-        raise UsageError(f"{act.name} carries no data: {text!r}")
-    code = getattr(_errno, data, None) if not data.lstrip("-").isdigit() else int(data)
-    if not isinstance(code, int):
-        raise UsageError(f"unknown errno name {data!r} in \"expect\"")
+        raise UsageError(f"{act.name} carries no data: {text!r}",
+                         hint=f"write {act.name} alone")
+    if re.fullmatch(r"[0-9]+|0X[0-9A-F]+", data):
+        code = int(data, 0)
+    elif re.fullmatch(r"E[A-Z0-9]+", data) and isinstance(getattr(_errno, data, None), int):
+        code = getattr(_errno, data)
+    else:
+        raise UsageError(f"{data!r} in \"expect\" {text!r} is neither an errno name nor a "
+                         "number", hint="e.g. ERRNO(EPERM), ERRNO(13), TRAP(0x10)")
+    if code > SECCOMP_RET_DATA:
+        raise UsageError(f"{act.name} data {code} in \"expect\" does not fit the 16 bits "
+                         f"of SECCOMP_RET_DATA (0..{SECCOMP_RET_DATA})",
+                         hint="a filter can never return it: fix the expectation")
     if act == Action.ERRNO:
         code = min(code, MAX_ERRNO)
     return f"{act.name}({code})"

@@ -53,6 +53,10 @@ def _resolve(item: str, arch: str) -> dict[str, object]:
     if number is not None:
         if number < 0:
             raise UsageError(f"{item!r}: syscall numbers are not negative")
+        if number > 0xFFFFFFFF:
+            raise UsageError(f"{item!r}: syscall numbers are 32 bits (the nr of struct "
+                             "seccomp_data); no filter sees this one",
+                             hint="give a number up to 4294967295, or a name")
         return {"arch": arch, "nr": number, "name": name_of(number, arch)}
     return {"arch": arch, "nr": nr_of(text, arch), "name": text.removeprefix("SYS_")
             .removeprefix("__NR_")}

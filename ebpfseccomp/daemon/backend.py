@@ -63,10 +63,11 @@ class Backend:
         )
 
     def check(self, path: Path, program: str | None) -> Checked:
-        from .. import elf, inspect
+        from .. import elf
+        from ..analysis.checker import check
 
         obj = elf.load_object(str(path))
-        report = inspect.check(obj, program)
+        report = check(obj, program)
         maps = {
             name: (spec.key_size, spec.value_size)
             for name, spec in obj.maps.items()

@@ -33,6 +33,23 @@ def seccomp_data(nr: int, arch: int, args: tuple[int, ...], ip: int = 0) -> byte
     return struct.pack("<II Q 6Q", nr & _M32, arch & _M32, ip, *(a & (2**64 - 1) for a in args))
 
 
+def _load(code: int, k: int, data: bytes, mem: list[int], pc: int) -> int:
+    """The value an LD (into A) or LDX (into X) instruction loads; only LD
+    reads seccomp_data (aligned 32-bit words)."""
+    mode = code & 0xE0
+    if mode == ABS and code & 0x07 == LD and code & 0x18 == W:
+        if k % 4 or k + 4 > len(data):
+            raise EmulationError(f"cBPF load at offset {k} of seccomp_data, insn {pc}")
+        return struct.unpack_from("<I", data, k)[0]
+    if mode == IMM:
+        return k
+    if mode == MEM:
+        return mem[k]
+    if mode == LEN:
+        return len(data)
+    raise _bad(code, pc)
+
+
 def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
         args: tuple[int, ...] = (0,) * 6, ip: int = 0, trace: list[int] | None = None) -> int:
     """The verdict; TRACE, if a list, receives the index of every instruction executed."""
@@ -50,29 +67,9 @@ def run(insns: list[tuple[int, int, int, int]], nr: int, arch: int,
         if cls == RET:
             return (a if code & 0x18 == A_RET else k) & _M32
         if cls == LD:
-            mode = code & 0xE0
-            if mode == ABS and code & 0x18 == W:
-                if k % 4 or k + 4 > len(data):
-                    raise EmulationError(f"cBPF load at offset {k} of seccomp_data, insn {pc - 1}")
-                a = struct.unpack_from("<I", data, k)[0]
-            elif mode == IMM:
-                a = k
-            elif mode == MEM:
-                a = mem[k]
-            elif mode == LEN:
-                a = len(data)
-            else:
-                raise _bad(code, pc - 1)
+            a = _load(code, k, data, mem, pc - 1)
         elif cls == LDX:
-            mode = code & 0xE0
-            if mode == IMM:
-                x = k
-            elif mode == MEM:
-                x = mem[k]
-            elif mode == LEN:
-                x = len(data)
-            else:
-                raise _bad(code, pc - 1)
+            x = _load(code, k, data, mem, pc - 1)
         elif cls == ST:
             mem[k] = a
         elif cls == STX:

@@ -12,9 +12,13 @@ import os
 import platform
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..build import build
-from . import libseccomp, model, render, semantics
+from . import model, render, semantics
+
+if TYPE_CHECKING:
+    from .libseccomp import Classic
 
 
 def running_kernel() -> tuple[int, ...] | None:
@@ -53,5 +57,7 @@ def write(plan: semantics.Plan, out: str | os.PathLike[str]) -> Path:
         return build(src, out=out, arch=arch)
 
 
-def classic_program(sel: model.Selection, optimize: bool = False) -> libseccomp.Classic:
+def classic_program(sel: model.Selection, optimize: bool = False) -> Classic:
+    from . import libseccomp  # ctypes and libseccomp.so only when asked for
+
     return libseccomp.build(sel, optimize=optimize)

@@ -2,10 +2,11 @@
 
 `generate(plan, minimum=100_000, seed=0)` yields `(arch, nr, args)` triples:
 
-* every syscall number of every architecture's table, numbers past the
-  table, the largest numbers, x32 numbers (X32_SYSCALL_BIT set) and -1;
-* every architecture of the filter and one outside it (the other native
-  ABI, and i386);
+* every syscall number of every architecture's table (sub-architectures'
+  too), numbers past the table, the largest numbers, x32 numbers
+  (X32_SYSCALL_BIT set) and -1;
+* every architecture of the filter and those outside it (of x86_64,
+  aarch64, i386, arm);
 * for syscalls with argument rules: every compared argument at 0, the
   compared value, value +-1, with the upper 32 bits set or cleared, as a
   negative 32-bit int sign-extended to 64 bits, at the mask's edges
@@ -24,12 +25,14 @@ import itertools
 import random
 from collections.abc import Iterator
 
-from .. import syscalls
-from .semantics import X32_SYSCALL_BIT, Plan
+from .semantics import X32_SYSCALL_BIT, Plan, arch_table
 
 M32 = 0xFFFFFFFF
 M64 = (1 << 64) - 1
-AUDIT = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7, "i386": 0x40000003}
+#: ABIs the stream may use, by ebpfseccomp name: (seccomp_data.arch, tables
+#: whose numbers it tries).  x32 calls are AUDIT_ARCH_X86_64 calls.
+AUDIT = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7, "i386": 0x40000003,
+         "arm": 0x40000028}
 
 Call = tuple[int, int, tuple[int, ...]]
 
@@ -59,21 +62,28 @@ def boundary_values(plan: Plan, index: int, nr: int | None = None) -> list[int]:
     return sorted(vals)
 
 
-def _arches(plan: Plan) -> list[tuple[str, int]]:
-    inside = [(ap.name, ap.audit) for ap in plan.arches]
-    names = {n for n, _ in inside}
-    outside = [(n, a) for n, a in AUDIT.items() if n not in names]
-    return inside + outside
+def _arches(plan: Plan) -> list[tuple[int, list[str]]]:
+    """(seccomp_data.arch, ABI names) of the filter, then of ABIs outside it."""
+    inside: dict[int, list[str]] = {}
+    for ap in plan.arches:
+        inside.setdefault(ap.audit, []).append(ap.name)
+    outside = [(a, [n]) for n, a in AUDIT.items() if a not in inside]
+    return list(inside.items()) + outside
 
 
-def _numbers(arch: str) -> list[int]:
-    table = syscalls.table(arch) if arch in syscalls.ARCHES else syscalls.table("x86_64")
-    top = max(table.values())
-    nums = set(table.values())
-    nums.update(range(top + 1, top + 40))
+def _numbers(names: list[str]) -> list[int]:
+    """Every number of the ABIs' tables and past their ends, the largest
+    numbers, x32 numbers and -1."""
+    nums: set[int] = set()
+    for name in names:
+        table = arch_table(name)
+        top = max(n & ~X32_SYSCALL_BIT for n in table.values())
+        nums.update(table.values())
+        nums.update(range(top + 1, top + 40))
+        nums.update(n | X32_SYSCALL_BIT for n in list(table.values())[:80])
     nums.update({0x3FFFFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, M32, 1000, 4095, 4096})
-    nums.update(n | X32_SYSCALL_BIT for n in list(table.values())[:80])
     nums.update(X32_SYSCALL_BIT + n for n in range(512, 548))
+    nums.update(X32_SYSCALL_BIT + n for n in range(0, 40))
     return sorted(nums)
 
 
@@ -86,8 +96,9 @@ def generate(plan: Plan, minimum: int = 100_000, seed: int = 0,
              if sp.branches}
     # 1. every number, every arch, a few argument vectors
     plain = [(0,) * 6, (M64,) * 6, tuple(rng.getrandbits(64) for _ in range(6))]
-    for name, audit in arches:
-        for nr in _numbers(name):
+    numbers = {audit: _numbers(names) for audit, names in arches}
+    for audit, _names in arches:
+        for nr in numbers[audit]:
             for args in plain:
                 count += 1
                 yield audit, nr, args
@@ -100,7 +111,7 @@ def generate(plan: Plan, minimum: int = 100_000, seed: int = 0,
             args = [0] * 6
             for i, v in zip(indexes, combo, strict=True):
                 args[i] = v
-            for target in (audit, *(a for _, a in arches if a != audit)):
+            for target in (audit, *(a for a, _ in arches if a != audit)):
                 count += 1
                 yield target, nr, tuple(args)
             if rng.random() < 0.2:
@@ -109,13 +120,12 @@ def generate(plan: Plan, minimum: int = 100_000, seed: int = 0,
                 yield audit, nr, tuple(noisy)
     # 3. random calls until MINIMUM
     pool = {i: boundary_values(plan, i) for i in range(6)}
-    numbers = {name: _numbers(name) for name, _ in arches}
     while count < minimum:
-        name, audit = rng.choice(arches) if rng.random() < 0.3 else arches[0]
+        audit = rng.choice(arches)[0] if rng.random() < 0.3 else arches[0][0]
         if ruled and rng.random() < 0.5:
             audit, nr = rng.choice(list(ruled))
         else:
-            nr = rng.choice(numbers[name]) if rng.random() < 0.9 else rng.getrandbits(32)
+            nr = rng.choice(numbers[audit]) if rng.random() < 0.9 else rng.getrandbits(32)
         args = tuple(rng.choice(pool[i]) if rng.random() < 0.8 else rng.getrandbits(64)
                      for i in range(6))
         count += 1

@@ -60,6 +60,8 @@ def library() -> ctypes.CDLL:
         lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
         lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
         lib.seccomp_syscall_resolve_name_arch.argtypes = [ctypes.c_uint32, ctypes.c_char_p]
+        lib.seccomp_syscall_resolve_num_arch.restype = ctypes.c_void_p  # malloc'd char *
+        lib.seccomp_syscall_resolve_num_arch.argtypes = [ctypes.c_uint32, ctypes.c_int]
         lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int,
                                                ctypes.c_uint, ctypes.POINTER(_ArgCmp)]
         lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
@@ -77,6 +79,20 @@ def resolve(name: str, scmp_arch: str) -> int | None:
     """libseccomp's number for NAME on an architecture; None if it has none there."""
     n = library().seccomp_syscall_resolve_name_arch(ARCHES[scmp_arch][0], name.encode())
     return None if n < 0 else n
+
+
+def name_of(nr: int, scmp_arch: str) -> str | None:
+    """libseccomp's name for number NR on an architecture (x32 numbers with
+    X32_SYSCALL_BIT); None if its table has no syscall there."""
+    from ..sys import libc
+
+    ptr = library().seccomp_syscall_resolve_num_arch(ARCHES[scmp_arch][0], nr)
+    if not ptr:
+        return None
+    try:
+        return ctypes.string_at(ptr).decode()
+    finally:
+        libc.free(ctypes.c_void_p(ptr))
 
 
 @dataclass

@@ -89,6 +89,14 @@ GO_ARCHES = frozenset({v[1] for v in ARCHES.values()} | {"x86", "x86_64", "aarch
 #: name -> SCMP_ARCH_* of the native ABI.
 NATIVE: dict[str, str] = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
 
+#: The other ABIs a 64-bit kernel of a native architecture runs (x86_64:
+#: IA32_EMULATION and X86_X32_ABI; arm64: COMPAT): the sub-architectures a
+#: filter for that native ABI converts too.
+SUB_ARCHES: dict[str, tuple[str, ...]] = {
+    "SCMP_ARCH_X86_64": ("SCMP_ARCH_X86", "SCMP_ARCH_X32"),
+    "SCMP_ARCH_AARCH64": ("SCMP_ARCH_ARM",),
+}
+
 #: Linux capabilities (include/uapi/linux/capability.h, 6.12).
 CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
@@ -169,8 +177,8 @@ class Selection:
 
     profile: Profile
     native: str  # SCMP_ARCH_* of the filter's native ABI
-    arches: list[str]  # SCMP_ARCH_* in the filter, native first
-    dropped_arches: list[str]  # wanted by the profile, not supported by convert
+    arches: list[str]  # SCMP_ARCH_* in the filter, native first, then sub-architectures
+    dropped_arches: list[str]  # wanted by the profile, not an ABI of the native one
     rules: list[Rule]  # in profile order, includes/excludes applied
     caps: tuple[str, ...]
     kernel: tuple[int, ...] | None
@@ -262,6 +270,42 @@ def _arch(name: object, path: str) -> str:
         raise _fail(path, f"unknown architecture {name!r}",
                     hint="one of " + ", ".join(ARCHES))
     return name
+
+
+def _arch_map(value: object) -> dict[str, tuple[str, ...]]:
+    """Docker's archMap: native SCMP_ARCH_* -> its sub-architectures."""
+    arch_map: dict[str, tuple[str, ...]] = {}
+    if value is None:
+        return arch_map
+    _expect(value, list, "archMap", "an array")
+    assert isinstance(value, list)
+    where: dict[str, str] = {}
+    for i, entry in enumerate(value):
+        p = f"archMap[{i}]"
+        _expect(entry, dict, p, "an object with architecture and subArchitectures")
+        _known_keys(entry, {"architecture", "subArchitectures"}, p)
+        if "architecture" not in entry:
+            raise _fail(f"{p}.architecture", "missing")
+        arch = _arch(entry["architecture"], f"{p}.architecture")
+        if arch in where:
+            raise _fail(f"{p}.architecture", f"{arch} is mapped twice (also at {where[arch]})",
+                        hint="give each architecture one entry")
+        where[arch] = p
+        subs = entry.get("subArchitectures") or []
+        subs = _str_list(subs, f"{p}.subArchitectures", "architecture names")
+        out: list[str] = []
+        for j, name in enumerate(subs):
+            sub = _arch(name, f"{p}.subArchitectures[{j}]")
+            runs = SUB_ARCHES.get(arch)
+            if runs is not None and sub not in runs:
+                # a filter for ARCH would silently leave SUB out: refuse
+                raise _fail(f"{p}.subArchitectures[{j}]",
+                            f"{sub} is not an ABI a {arch} kernel runs",
+                            hint=f"{arch}'s sub-architectures: " + ", ".join(runs))
+            if sub not in out:
+                out.append(sub)
+        arch_map[arch] = tuple(out)
+    return arch_map
 
 
 def _filter(obj: object, path: str) -> dict:
@@ -402,20 +446,11 @@ def parse(text: str | bytes, source: str = "<profile>") -> Profile:
         for i, a in enumerate(_str_list(data["architectures"], "architectures",
                                         "architecture names")):
             architectures.append(_arch(a, f"architectures[{i}]"))
-    arch_map: dict[str, tuple[str, ...]] = {}
-    if data.get("archMap") is not None:
-        _expect(data["archMap"], list, "archMap", "an array")
-        for i, entry in enumerate(data["archMap"]):
-            p = f"archMap[{i}]"
-            _expect(entry, dict, p, "an object with architecture and subArchitectures")
-            _known_keys(entry, {"architecture", "subArchitectures"}, p)
-            if "architecture" not in entry:
-                raise _fail(f"{p}.architecture", "missing")
-            arch = _arch(entry["architecture"], f"{p}.architecture")
-            subs = entry.get("subArchitectures") or []
-            subs = _str_list(subs, f"{p}.subArchitectures", "architecture names")
-            arch_map[arch] = tuple(_arch(s, f"{p}.subArchitectures[{j}]")
-                                   for j, s in enumerate(subs))
+    arch_map = _arch_map(data.get("archMap"))
+    if arch_map and architectures:
+        # moby refuses the same profile: which list would apply?
+        raise _fail("archMap", "both architectures and archMap are given",
+                    hint="use either architectures (OCI) or archMap (Docker)")
     rules: list[Rule] = []
     if data.get("syscalls") is not None:
         _expect(data["syscalls"], list, "syscalls", "an array of rules")
@@ -477,17 +512,21 @@ def select(profile: Profile, arch: str = "x86_64", caps: tuple[str, ...] = DEFAU
                           hint="one of " + ", ".join(NATIVE))
     native = NATIVE[arch]
     if profile.arch_map:
-        wanted = [native, *profile.arch_map.get(native, ())] if native in profile.arch_map \
-            else [native]
+        wanted = [native, *profile.arch_map.get(native, ())]
     elif profile.architectures:
         wanted = list(profile.architectures)
     else:
         wanted = [native]
-    # Only the native ABI is converted (semantics.SUPPORTED); the others the
-    # profile wants are reported and left out of both filters: their calls get
-    # the bad-architecture action (kill), never more than the profile allows.
+    # The native ABI (always there: libseccomp's seccomp_init adds it) and the
+    # sub-architectures its kernel runs are converted; other ABIs the profile
+    # names (another machine's) are reported and left out of both filters:
+    # their calls get the bad-architecture action (kill), never more than the
+    # profile allows, and a kernel of this architecture never presents them.
     arches = [native]
-    dropped = [a for a in wanted if a != native]
+    for a in wanted:
+        if a in SUB_ARCHES[native] and a not in arches:
+            arches.append(a)
+    dropped = [a for a in dict.fromkeys(wanted) if a not in arches]
     sel = Selection(profile=profile, native=native, arches=arches, dropped_arches=dropped,
                     rules=[], caps=tuple(caps), kernel=kernel)
     here = _go_arch(native)

@@ -1,9 +1,11 @@
 """The C of a converted profile, from the jinja2 template in templates/filter.c.j2.
 
 `render(plan)` only writes down what `semantics.compile` decided: one
-function per architecture with a `switch` on the syscall number (its name in
-a comment), whole-syscall rules grouped under the rule that gave them (with
-the profile's comment), argument rules as `if` chains in profile order.
+function per architecture (sub-architectures included) with a `switch` on
+the syscall number (its name in a comment), whole-syscall rules grouped under
+the rule that gave them (with the profile's comment), argument rules as `if`
+chains in profile order; the program `switch`es on seccomp_data.arch, and
+sends x32 numbers (X32_SYSCALL_BIT, under AUDIT_ARCH_X86_64) to x32's function.
 """
 
 from __future__ import annotations
@@ -82,12 +84,19 @@ _ENV.filters.update(c_action=c_action, c_conds=c_conds, comment=comment)
 def render(plan: Plan) -> str:
     sel = plan.selection
     arches = []
+    dispatch: dict[int, dict] = {}
     for ap in plan.arches:
-        arches.append({"scmp": ap.scmp, "name": ap.name, "audit": ap.audit,
+        arches.append({"scmp": ap.scmp, "name": ap.name, "audit": ap.audit, "width": ap.width,
                        "syscalls": ap.syscalls, "x32_filter": ap.x32_filter,
                        "groups": _groups(ap.syscalls)})
+        # x32 shares AUDIT_ARCH_X86_64: its numbers carry X32_SYSCALL_BIT
+        entry = dispatch.setdefault(ap.audit, {"audit": ap.audit, "scmps": [], "name": ap.name,
+                                               "x32": False})
+        entry["scmps"].append(ap.scmp)
+        if ap.name == "x32":
+            entry["x32"] = True
     return _ENV.get_template("filter.c.j2").render(
         source=sel.profile.source, arches=sel.arches, dropped=sel.dropped_arches,
         caps=sel.caps, skipped=sel.skipped, default=plan.default,
         default_name=sel.profile.default_action_name, bad_arch=plan.bad_arch,
-        arches_plans=arches)
+        arches_plans=arches, dispatch=list(dispatch.values()))

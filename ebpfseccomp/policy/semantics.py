@@ -9,7 +9,11 @@ The rules below are libseccomp 2.5's, each documented in docs/policies.md
 with the place in libseccomp it comes from:
 
 * A name is looked up in the architecture's Linux 6.12 table
-  (ebpfseccomp.syscalls); a name the architecture lacks is skipped there.
+  (ebpfseccomp.syscalls, its compat tables for i386, x32 and arm); a name
+  the architecture lacks is skipped there.
+* On i386 a socket or SysV IPC call is also made through its multiplexer,
+  socketcall(2) or ipc(2): the rule is added there too, with its argument 0
+  replaced by `a0 == call number` (libseccomp's abi_rule_add).
 * A rule whose action is the default action adds nothing (libseccomp refuses
   it with -EACCES and runtimes skip it).
 * A rule with no effective comparison applies to the whole syscall.  The
@@ -22,7 +26,11 @@ with the place in libseccomp it comes from:
   answer libseccomp gives then depends on the order of its rule tree.
 * On a 64-bit ABI an argument is compared as a 64-bit unsigned value (two
   32-bit halves in libseccomp's cBPF, with the high half decisive for the
-  order operators).  MASKED_EQ is `(arg & mask) == (value & mask)`.
+  order operators).  On a 32-bit ABI (i386, x32, arm) only the low halves of
+  argument and value are compared.  MASKED_EQ is `(arg & mask) == (value & mask)`.
+* x86_64 with x32 in the filter is one block for AUDIT_ARCH_X86_64: the
+  numbers of both tables, anything else the default.  Without x32, numbers
+  with X32_SYSCALL_BIT get the bad-architecture action (-1 the default).
 * A MASKED_EQ with mask 0 is no comparison at all.
 """
 
@@ -33,13 +41,42 @@ from dataclasses import dataclass, field
 from .. import syscalls
 from .model import ARCHES, Arg, PolicyError, Rule, Selection
 
-#: SCMP_ARCH_* -> (ebpfseccomp arch name, argument width in bits).
+#: SCMP_ARCH_* -> (ebpfseccomp arch name, argument width in bits): libseccomp's
+#: ARCH_SIZE_64 / ARCH_SIZE_32 (x32 is a 32-bit ABI to libseccomp).
 SUPPORTED: dict[str, tuple[str, int]] = {
     "SCMP_ARCH_X86_64": ("x86_64", 64),
     "SCMP_ARCH_AARCH64": ("aarch64", 64),
+    "SCMP_ARCH_X86": ("i386", 32),
+    "SCMP_ARCH_X32": ("x32", 32),
+    "SCMP_ARCH_ARM": ("arm", 32),
 }
 
 X32_SYSCALL_BIT = 0x40000000
+AUDIT_ARCH_X86_64 = 0xC000003E
+
+
+def audit_arch(scmp: str) -> int:
+    """seccomp_data.arch of an ABI's calls: its AUDIT_ARCH_*, except x32, whose
+    calls the kernel reports as AUDIT_ARCH_X86_64 (libseccomp's token_bpf)."""
+    return AUDIT_ARCH_X86_64 if scmp == "SCMP_ARCH_X32" else ARCHES[scmp][0]
+
+
+#: The call numbers of the socket and SysV IPC multiplexers' sub-calls
+#: (include/uapi/linux/net.h SYS_*; ipc's SEMOP, SEMGET, ...): libseccomp's
+#: __PNR_* pseudo numbers are -100 / -200 minus these.
+SOCKET_CALLS: dict[str, int] = {
+    "socket": 1, "bind": 2, "connect": 3, "listen": 4, "accept": 5, "getsockname": 6,
+    "getpeername": 7, "socketpair": 8, "send": 9, "recv": 10, "sendto": 11,
+    "recvfrom": 12, "shutdown": 13, "setsockopt": 14, "getsockopt": 15, "sendmsg": 16,
+    "recvmsg": 17, "accept4": 18, "recvmmsg": 19, "sendmmsg": 20}
+IPC_CALLS: dict[str, int] = {
+    "semop": 1, "semget": 2, "semctl": 3, "semtimedop": 4, "msgsnd": 11, "msgrcv": 12,
+    "msgget": 13, "msgctl": 14, "shmat": 21, "shmdt": 22, "shmget": 23, "shmctl": 24}
+#: The ABIs with multiplexers libseccomp knows of (among those converted):
+#: multiplexer syscall name -> its sub-calls.
+MULTIPLEXERS: dict[str, dict[str, dict[str, int]]] = {
+    "SCMP_ARCH_X86": {"socketcall": SOCKET_CALLS, "ipc": IPC_CALLS},
+}
 #: libseccomp's default bad-architecture action: SCMP_ACT_KILL (kill the thread).
 BAD_ARCH_ACTION = 0x00000000
 
@@ -68,6 +105,7 @@ class Branch:
     rule: Rule
     conds: tuple[Cond, ...]
     action: int
+    via: str = ""  # the profile's name when this is its multiplexed form (i386)
 
 
 @dataclass
@@ -87,6 +125,18 @@ class ArchPlan:
     syscalls: dict[int, SyscallPlan]
     x32_filter: bool  # x86_64 without x32 in the filter: x32 numbers get the bad-arch action
 
+    def decide(self, nr: int, args: tuple[int, ...], default: int) -> int:
+        """This ABI's answer for call NR: its rules, or DEFAULT."""
+        sp = self.syscalls.get(nr)
+        if sp is None:
+            return default
+        if sp.whole is not None:
+            return sp.whole.action
+        for b in sp.branches:
+            if all(c.holds(args[c.index]) for c in b.conds):
+                return b.action
+        return default
+
 
 @dataclass
 class Plan:
@@ -95,24 +145,24 @@ class Plan:
     arches: list[ArchPlan]
     selection: Selection
 
+    def arch_for(self, arch: int, nr: int) -> ArchPlan | None:
+        """The ABI that decides a call: by seccomp_data.arch, and for
+        AUDIT_ARCH_X86_64 by X32_SYSCALL_BIT when x32 is in the filter."""
+        found = [ap for ap in self.arches if ap.audit == arch]
+        if len(found) > 1:  # x86_64 and x32 share AUDIT_ARCH_X86_64
+            x32 = (nr & 0xFFFFFFFF) >= X32_SYSCALL_BIT
+            found = [ap for ap in found if (ap.name == "x32") == x32]
+        return found[0] if found else None
+
     def decide(self, arch: int, nr: int, args: tuple[int, ...]) -> int:
         """The plan's answer for one call: the reference the C must match."""
-        for ap in self.arches:
-            if ap.audit != arch:
-                continue
-            nr &= 0xFFFFFFFF
-            if ap.x32_filter and nr >= X32_SYSCALL_BIT:
-                return self.default if nr == 0xFFFFFFFF else self.bad_arch
-            sp = ap.syscalls.get(nr)
-            if sp is None:
-                return self.default
-            if sp.whole is not None:
-                return sp.whole.action
-            for b in sp.branches:
-                if all(c.holds(args[c.index]) for c in b.conds):
-                    return b.action
-            return self.default
-        return self.bad_arch
+        nr &= 0xFFFFFFFF
+        ap = self.arch_for(arch, nr)
+        if ap is None:
+            return self.bad_arch
+        if ap.x32_filter and nr >= X32_SYSCALL_BIT:
+            return self.default if nr == 0xFFFFFFFF else self.bad_arch
+        return ap.decide(nr, args, self.default)
 
 
 def cond(arg: Arg, width: int) -> Cond | None:
@@ -178,8 +228,11 @@ def _check_conflicts(sp: SyscallPlan, arch: str) -> None:
     for i, br in enumerate(sp.branches):
         for other in sp.branches[:i]:
             if other.action != br.action and _may_overlap(other.conds, br.conds):
+                via = " (calls it multiplexes: " + ", ".join(
+                    dict.fromkeys(b.via for b in (other, br) if b.via)) + ")" \
+                    if br.via or other.via else ""
                 raise PolicyError(
-                    f"{sp.name} on {arch}: this rule ({br.rule.action_name}) and "
+                    f"{sp.name} on {arch}{via}: this rule ({br.rule.action_name}) and "
                     f"{other.rule.path} ({other.rule.action_name}) can both match the same "
                     "call with different actions; libseccomp's answer then depends on the "
                     "order of its internal rule tree, which ebpfseccomp does not reproduce",
@@ -190,43 +243,64 @@ def _check_conflicts(sp: SyscallPlan, arch: str) -> None:
 # --- compile ---------------------------------------------------------------
 
 
+def arch_table(name: str) -> dict[str, int]:
+    """Linux 6.12's name -> number table of an ABI (native or compat)."""
+    if name in syscalls.COMPAT_ARCHES:
+        return syscalls.compat_table(name)
+    return syscalls.table(name)
+
+
+def _targets(scmp: str, table: dict[str, int], name: str,
+             args: tuple[Arg, ...]) -> list[tuple[int, str, tuple[Arg, ...], str]]:
+    """Where one name of a rule lands on an ABI: (nr, syscall name, args, via).
+
+    On i386 a socket or IPC call lands on its multiplexer first, with argument
+    0 replaced by the call number, then on its direct number if the ABI has
+    one (libseccomp's abi_rule_add, in that order)."""
+    out = []
+    for mux_name, calls in MULTIPLEXERS.get(scmp, {}).items():
+        if name in calls and mux_name in table:
+            call = Arg(index=0, value=calls[name], value_two=0, op="SCMP_CMP_EQ",
+                       path=f"{name} via {mux_name}")
+            out.append((table[mux_name], mux_name,
+                        (call, *(a for a in args if a.index != 0)), name))
+    if name in table:
+        out.append((table[name], name, args, ""))
+    return out
+
+
 def compile(sel: Selection) -> Plan:  # noqa: A001 - the verb is the point
     default = sel.profile.default_action
     plans: list[ArchPlan] = []
     for scmp in sel.arches:
         name, width = SUPPORTED[scmp]
-        table = syscalls.table(name)
+        table = arch_table(name)
         per: dict[int, SyscallPlan] = {}
         for rule in sel.rules:
             if rule.action == default:
                 continue
-            conds: list[Cond] = []
-            for a in rule.args:
-                c = cond(a, width)
-                if c is not None:
-                    conds.append(c)
-            conds.sort(key=lambda c: c.index)
             for sc in dict.fromkeys(rule.names):
-                nr = table.get(sc)
-                if nr is None:
-                    continue
-                sp = per.setdefault(nr, SyscallPlan(nr=nr, name=sc))
-                if sp.whole is not None:
-                    continue
-                br = Branch(rule=rule, conds=tuple(conds), action=rule.action)
-                if not conds:
-                    # libseccomp has added the argument rules before (or
-                    # refused them, -EEXIST): check them before they go.
-                    _check_conflicts(sp, name)
-                    sp.whole = br
-                    sp.branches = []
-                    continue
-                sp.branches.append(br)
+                for nr, sc_name, args, via in _targets(scmp, table, sc, rule.args):
+                    conds = sorted((c for c in (cond(a, width) for a in args) if c is not None),
+                                   key=lambda c: c.index)
+                    sp = per.setdefault(nr, SyscallPlan(nr=nr, name=sc_name))
+                    if sp.whole is not None:
+                        continue
+                    br = Branch(rule=rule, conds=tuple(conds), action=rule.action, via=via)
+                    if not conds:
+                        # libseccomp has added the argument rules before (or
+                        # refused them, -EEXIST): check them before they go.
+                        _check_conflicts(sp, name)
+                        sp.whole = br
+                        sp.branches = []
+                        continue
+                    sp.branches.append(br)
         for sp in per.values():
             _check_conflicts(sp, name)
-        plans.append(ArchPlan(scmp=scmp, name=name, audit=ARCHES[scmp][0], width=width,
+        plans.append(ArchPlan(scmp=scmp, name=name, audit=audit_arch(scmp), width=width,
                               syscalls=dict(sorted(per.items())),
-                              x32_filter=(scmp == "SCMP_ARCH_X86_64")))
+                              x32_filter=(scmp == "SCMP_ARCH_X86_64"
+                                          and "SCMP_ARCH_X32" not in sel.arches)))
     return Plan(default=default, bad_arch=BAD_ARCH_ACTION, arches=plans, selection=sel)
 
 

@@ -1,7 +1,7 @@
 """The action cache for eBPF filters, against the kernel (kernel-patches/0006).
 
 - Every example in bpf/examples: what `ebpfseccomp check` predicts the cache
-  to be (ebpfseccomp.cacheability) is exactly what the kernel shows in
+  to be (ebpfseccomp.analysis.cacheability) is exactly what the kernel shows in
   /proc/PID/seccomp_cache once the filter is attached.
 - Soundness over random programs (tests/randprog.py): each is loaded through
   the real verifier (the ones it refuses are skipped and counted) and
@@ -35,8 +35,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import cache_soundness as soundness  # noqa: E402
 
-from ebpfseccomp import cacheability, contract, loader  # noqa: E402
+from ebpfseccomp import contract, loader  # noqa: E402
 from ebpfseccomp import insn as I  # noqa: E402
+from ebpfseccomp.analysis import cacheability  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.elf import load_object  # noqa: E402
 
@@ -289,7 +290,8 @@ def test_check_predicts_kernel_cache(example: str, built: dict[str, Path], cache
     if not kernel_has_extended:
         pytest.skip("the running kernel lacks the eBPF seccomp patch")
     obj = load_object(str(built[example]))
-    predicted = {c.arch: set(c.cached) for c in cacheability.analyze_program(obj.program())}
+    predicted = {c.arch: set(c.cached)
+                 for c in cacheability.analyze_program(obj.program(), obj.maps)}
     with loader.load(built[example]) as prog:
         kernel = cache_of_attached(prog.fd)
     assert kernel, "empty seccomp_cache"

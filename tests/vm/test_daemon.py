@@ -177,31 +177,33 @@ def entry(cat: Path, name: str, obj: Path, **kw: str) -> None:
 # --- functions run as nobody --------------------------------------------------------
 
 
+def _attached_probe(fd: int) -> str:
+    """Attach FD here (a child), then report what uname and getpid do."""
+    from ebpfseccomp import attach
+
+    try:
+        attach.attach(fd, ())
+        try:
+            os.uname()
+            res = "uname ok"
+        except OSError as e:
+            res = f"uname errno {e.errno}"
+        return res + f"; getpid {'ok' if os.getpid() > 0 else 'bad'}"
+    except BaseException as e:  # noqa: BLE001
+        return f"error {e!r}"
+
+
 def _get_and_run_filtered(sock: str, name: str) -> dict[str, Any]:
     """Get NAME, attach it in a child, report what uname and getpid do there."""
-    from ebpfseccomp import attach, client
+    from vmhelpers import call_in_child
+
+    from ebpfseccomp import client
 
     fd, meta = client.get(name, socket=sock)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            attach.attach(fd, ())
-            try:
-                os.uname()
-                res = "uname ok"
-            except OSError as e:
-                res = f"uname errno {e.errno}"
-            res += f"; getpid {'ok' if os.getpid() > 0 else 'bad'}"
-        except BaseException as e:  # noqa: BLE001
-            res = f"error {e!r}"
-        os.write(w, res.encode())
-        os._exit(0)
-    os.close(w)
-    out = os.read(r, 4096).decode()
-    os.waitpid(pid, 0)
-    os.close(fd)
+    try:
+        out = call_in_child(_attached_probe, fd)
+    finally:
+        os.close(fd)
     return {"meta": meta, "child": out, "parent_uname": os.uname().sysname}
 
 
@@ -573,37 +575,18 @@ VM_TABLE_OBJECTS = ("plain", "hashmap", "lru", "lru_percpu", "global", "ktime", 
 
 def _as_client(uid: int, keep: tuple[int, ...] | None, fn: Any, *args: Any) -> Any:
     """fn(*args) in a forked child with these credentials; its result."""
-    import pickle
-    import traceback
+    from vmhelpers import call_in_child, drop_to_nobody
 
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            if uid != 0:
-                from vmhelpers import drop_to_nobody
+    def become_client() -> None:
+        if uid != 0:
+            drop_to_nobody(uid, uid)
+        elif keep is not None:
+            from ebpfseccomp import sys as esys
 
-                drop_to_nobody(uid, uid)
-            elif keep is not None:
-                from ebpfseccomp import sys as esys
+            mask = sum(1 << c for c in keep)
+            esys.capset(mask, mask, 0)
 
-                mask = sum(1 << c for c in keep)
-                esys.capset(mask, mask, 0)
-            payload = pickle.dumps(("ok", fn(*args)))
-        except BaseException:  # noqa: BLE001
-            payload = pickle.dumps(("exc", traceback.format_exc()))
-        with os.fdopen(w, "wb") as f:
-            f.write(payload)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    kind, value = pickle.loads(data)
-    if kind != "ok":
-        raise AssertionError(f"client child failed:\n{value}")
-    return value
+    return call_in_child(fn, *args, setup=become_client)
 
 
 def _submit_and_load_myself(sock: str, path: str, scope: int) -> tuple[str, str, str, str]:

@@ -41,7 +41,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import example_cases as cases  # noqa: E402
 
-from ebpfseccomp import emulate, loader  # noqa: E402
+from ebpfseccomp import loader  # noqa: E402
+from ebpfseccomp.analysis import emulator as emulate  # noqa: E402
 from ebpfseccomp.build import build  # noqa: E402
 from ebpfseccomp.contract import Action, Verdict  # noqa: E402
 from ebpfseccomp.syscalls import nr as syscall_nr  # noqa: E402

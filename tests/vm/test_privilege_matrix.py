@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import errno
 import os
-import pickle
 import shutil
+import sys
 import tempfile
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import submit_objects  # noqa: E402
 
 from ebpfseccomp import elf, loader
 from ebpfseccomp import sys as esys
@@ -32,59 +34,11 @@ from ebpfseccomp.privilege import Credentials, Needs, SystemPolicy, predict
 
 pytestmark = pytest.mark.vm
 
-HEAD = "#include <ebpfseccomp/filter.h>\n"
-TAIL = '\nSECCOMP_LICENSE("GPL");\n'
-
-SOURCES: dict[str, str] = {
-    "none": """
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ return ctx->nr == 39 ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "hashmap": """
-struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 8);
-         __type(key, __u32); __type(value, __u32); } m SEC(".maps");
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ __u32 k = ctx->nr; __u32 *v = bpf_map_lookup_elem(&m, &k); return v ? *v : SECCOMP_ALLOW; }""",
-    "global": """
-__u32 calls;
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ calls++; return SECCOMP_ALLOW; }""",
-    "ktime": """
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ return bpf_ktime_get_ns() == 1 ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "readuser": """
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ char b[16]; return bpf_probe_read_user_str(b, sizeof(b), (void *)ctx->args[1]) == 3
-    ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "tracing": """
-static __u32 (* const smp_id)(void) = (void *)8;  /* bpf_get_smp_processor_id */
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ return smp_id() == 1000 ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "calls": """
-static __attribute__((noinline)) int pick(int nr) { return nr == 39 ? 1 : 0; }
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ return pick(ctx->nr) ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "loop": """
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ __u64 a = ctx->args[0]; int n = 0;
-  #pragma clang loop unroll(disable)
-  for (int i = 0; i < 16; i++) { if (a & 1) n++; a >>= 1; }
-  return n == 3 ? SECCOMP_ERRNO(1) : SECCOMP_ALLOW; }""",
-    "lru": """
-struct { __uint(type, BPF_MAP_TYPE_LRU_HASH); __uint(max_entries, 8);
-         __type(key, __u32); __type(value, __u32); } m SEC(".maps");
-SEC("seccomp") int f(struct seccomp_data *ctx)
-{ __u32 k = ctx->nr; __u32 *v = bpf_map_lookup_elem(&m, &k); return v ? *v : SECCOMP_ALLOW; }""",
-}
-
-
-def _big_source(cases: int = 2200) -> str:
-    body = "\n".join(f"  if (a == {i * 7919 % 100003}) return SECCOMP_ERRNO({1 + i % 100});"
-                     for i in range(cases))
-    return ("SEC(\"seccomp\") int f(struct seccomp_data *ctx)\n{ __u64 a = ctx->args[0];\n"
-            + body + "\n  return SECCOMP_ALLOW; }")
-
-
-SOURCES["big"] = _big_source()
+#: the objects of tests/submit_objects.py whose tier or verifier rule differs
+MATRIX_OBJECTS = ("plain", "hashmap", "global", "ktime", "readuser", "tracing", "calls",
+                  "loop", "lru", "big")
+SOURCES: dict[str, str] = {name: submit_objects.SOURCES[name] for name in MATRIX_OBJECTS}
+HEAD, TAIL = submit_objects.HEAD, submit_objects.TAIL
 
 CAPS = {"PTRACE": esys.CAP_SYS_PTRACE, "BPF": esys.CAP_BPF, "PERFMON": esys.CAP_PERFMON,
         "ADMIN": esys.CAP_SYS_ADMIN}
@@ -129,34 +83,18 @@ def _needs_cover_tiers(objects: dict[str, Path]) -> None:
 
 def in_child(fn: Callable[[], Any], *, uid: int, keep: tuple[str, ...] | None) -> Any:
     """fn() in a forked child with uid and capabilities set; returns its result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            if uid != 0:
-                from vmhelpers import drop_to_nobody
+    from vmhelpers import call_in_child, drop_to_nobody
 
-                drop_to_nobody(uid, uid)
-            elif keep is not None:
-                mask = 0
-                for k in keep:
-                    mask |= 1 << CAPS[k]
-                esys.capset(mask, mask, 0)
-            payload = pickle.dumps(("ok", fn()))
-        except BaseException:
-            payload = pickle.dumps(("exc", traceback.format_exc()))
-        with os.fdopen(w, "wb") as f:
-            f.write(payload)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    msg = pickle.loads(data)
-    if msg[0] != "ok":
-        raise AssertionError(f"child failed:\n{msg[1]}")
-    return msg[1]
+    def become_loader() -> None:
+        if uid != 0:
+            drop_to_nobody(uid, uid)
+        elif keep is not None:
+            mask = 0
+            for k in keep:
+                mask |= 1 << CAPS[k]
+            esys.capset(mask, mask, 0)
+
+    return call_in_child(fn, setup=become_loader)
 
 
 def _cells(objects: dict[str, Path]) -> Callable[[], list[tuple[str, Any, Any, str]]]:

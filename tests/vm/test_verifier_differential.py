@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import progen  # noqa: E402
 from asm import ALLOW, add, exit_, flatten, ldx, mov, movr, ret, st, stx  # noqa: E402
-from vmhelpers import Sysctl, Unprivileged  # noqa: E402
+from vmhelpers import Sysctl, Unprivileged, call_in_child  # noqa: E402
 
 from ebpfseccomp import elf, loader  # noqa: E402
 from ebpfseccomp import sys as esys  # noqa: E402
@@ -153,7 +153,7 @@ def test_toolchain_never_says_loadable_where_the_verifier_refuses(sysctl: Sysctl
         "root": (Credentials.from_values(0, ["CAP_SYS_ADMIN", "CAP_BPF", "CAP_PERFMON",
                                              "CAP_SYS_PTRACE"]), _kernel_answers(paths)),
         "cap_bpf": (Credentials.from_values(0, ["CAP_BPF", "CAP_SYS_PTRACE"]),
-                    _fork(_as_bpf_only, paths)),
+                    call_in_child(_as_bpf_only, paths)),
         "nobody": (Credentials.from_values(65534, []),
                    Unprivileged().call(_kernel_answers, paths, timeout=900)),
     }
@@ -181,27 +181,3 @@ def test_toolchain_never_says_loadable_where_the_verifier_refuses(sysctl: Sysctl
     assert not unsound, unsound
     # the comparison means something: most programs decided alike, both ways
     assert sum(agree.values()) > 0.7 * 3 * len(corpus), report
-
-
-def _fork(func: Any, *args: Any) -> Any:
-    """func(*args) in a forked child (as root): its changes to capabilities stay there."""
-    import pickle
-
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            data = pickle.dumps(("ok", func(*args)))
-        except BaseException as exc:  # noqa: BLE001
-            data = pickle.dumps(("exc", repr(exc)))
-        with os.fdopen(w, "wb") as f:
-            f.write(data)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        msg = pickle.loads(f.read())
-    os.waitpid(pid, 0)
-    if msg[0] != "ok":
-        raise RuntimeError(msg[1])
-    return msg[1]

@@ -61,39 +61,47 @@ class Unprivileged:
         )
 
     def call(self, func: Callable[..., Any], *args: Any, timeout: float = 120, **kw: Any) -> Any:
-        """func(*args, **kw) in a forked child running as nobody.
+        """func(*args, **kw) in a forked child running as nobody (call_in_child)."""
+        return call_in_child(func, *args, setup=lambda: drop_to_nobody(self.uid, self.gid), **kw)
 
-        Returns its (picklable) result; an exception in the child is re-raised
-        here (as the same type when it pickles, else RuntimeError with the
-        child's traceback).
-        """
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            os.close(r)
+
+def call_in_child(func: Callable[..., Any], *args: Any,
+                  setup: Callable[[], None] | None = None, **kw: Any) -> Any:
+    """func(*args, **kw) in a forked child, after SETUP() there (dropping
+    credentials, say): what the child changes stays in the child.
+
+    Returns its (picklable) result; an exception in the child (or in SETUP)
+    is re-raised here, as the same type when it pickles, else as RuntimeError
+    with the child's traceback.
+    """
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(r)
+        try:
+            if setup is not None:
+                setup()
+            payload = pickle.dumps(("ok", func(*args, **kw)))
+        except BaseException as e:  # noqa: BLE001 - everything goes back
             try:
-                drop_to_nobody(self.uid, self.gid)
-                payload = pickle.dumps(("ok", func(*args, **kw)))
-            except BaseException as e:  # noqa: BLE001 - everything goes back
-                try:
-                    payload = pickle.dumps(("exc", e, traceback.format_exc()))
-                except Exception:
-                    payload = pickle.dumps(("exc", None, traceback.format_exc()))
-            with os.fdopen(w, "wb") as f:
-                f.write(payload)
-            os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            data = f.read()
-        _, status = os.waitpid(pid, 0)
-        if not data:
-            raise RuntimeError(f"child died without a result (wait status {status:#x})")
-        msg = pickle.loads(data)
-        if msg[0] == "ok":
-            return msg[1]
-        if msg[1] is not None:
-            raise msg[1]
-        raise RuntimeError(f"exception in the unprivileged child:\n{msg[2]}")
+                payload = pickle.dumps(("exc", e, traceback.format_exc()))
+            except Exception:
+                payload = pickle.dumps(("exc", None, traceback.format_exc()))
+        with os.fdopen(w, "wb") as f:
+            f.write(payload)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        raise RuntimeError(f"child died without a result (wait status {status:#x})")
+    msg = pickle.loads(data)
+    if msg[0] == "ok":
+        return msg[1]
+    if msg[1] is not None:
+        raise msg[1]
+    raise RuntimeError(f"exception in the child:\n{msg[2]}")
 
 
 def probe_extended() -> bool:

@@ -126,7 +126,8 @@ class VmRun:
         self.arch = arch
         self.done = False
         self.error = ""
-        self.results = vmlib.cache_dir() / "vm-test" / f"pytest{_run_suffix(flavor, arch)}"
+        self.results = vmlib.claim_results_dir(
+            vmlib.cache_dir() / "vm-test" / f"pytest{_run_suffix(flavor, arch)}")
         self.baseline = vmlib.baseline_list(flavor, arch)
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
@@ -153,7 +154,7 @@ class VmRun:
         if self.arch != "x86_64":  # selftests and the enforcement check (vm/arm64.py)
             cmd += ["--arch", self.arch]
         elif not self.all_vm_items:
-            ids = vmlib.cache_dir() / "vm-test" / f"{self.results.name}-nodeids.txt"
+            ids = self.results.parent / f"{self.results.name}-nodeids.txt"
             ids.parent.mkdir(parents=True, exist_ok=True)
             ids.write_text("".join(f"{n}\n" for n in self.nodeids))
             cmd += ["--nodeids-file", str(ids)]

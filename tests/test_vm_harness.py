@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -105,3 +106,16 @@ def test_flavour_subsets_and_baseline_names() -> None:
     # every flavour make test boots has its baseline list
     for flavor in vmlib.FLAVORS:
         assert vmlib.baseline_binaries(vmlib.baseline_list(flavor)) == {"seccomp_bpf"}
+
+
+def test_claim_results_dir_falls_back_when_in_use(tmp_path: Path) -> None:
+    import fcntl
+
+    target = tmp_path / "vm-test" / "latest"
+    (tmp_path / "vm-test").mkdir()
+    with open(tmp_path / "vm-test" / "latest.lock", "wb") as other:  # another run holds it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        got = vmlib.claim_results_dir(target)
+        assert got == target.with_name(f"latest-{os.getpid()}")
+    free = tmp_path / "vm-test" / "pytest"
+    assert vmlib.claim_results_dir(free) == free

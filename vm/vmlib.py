@@ -6,6 +6,7 @@ Standard library only: it runs with Debian's python3 before the venv exists.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import re
@@ -46,6 +47,33 @@ Sink = IO[bytes] | int | None  # where a guest stream goes (None: ours)
 
 def log(msg: str) -> None:
     print(f"vm: {msg}", file=sys.stderr, flush=True)
+
+
+_CLAIMS: list[IO[bytes]] = []  # lock files held for the life of the process
+
+
+def claim_results_dir(path: Path) -> Path:
+    """PATH, or PATH-<pid> when another live process is using PATH.
+
+    A results directory is emptied at the start of a run, so two runs sharing
+    the default one (two worktrees' make test, a vm-test beside a pytest
+    --vm) would delete each other's results.  The claim is an flock on
+    PATH.lock, released when this process exits, so a crashed run never
+    blocks the next one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for candidate in (path, path.with_name(f"{path.name}-{os.getpid()}")):
+        lock = open(candidate.with_name(candidate.name + ".lock"), "wb")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            continue
+        _CLAIMS.append(lock)
+        if candidate != path:
+            log(f"{path} is in use by another run: results go to {candidate}")
+        return candidate
+    raise VmError(f"cannot claim a results directory next to {path}")
 
 
 def die_with_parent() -> None:

@@ -7,6 +7,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CACHE ?= $(HOME)/.cache/ebpfseccomp
 export EBPFSECCOMP_CACHE := $(CACHE)
+# Kernel flavour of make kernel / vm-test / vm-shell / selftest-baseline:
+# normal, or debug (KASAN, UBSAN, lockdep, kmemleak; docs/vm.md; x86_64 only).
+FLAVOR ?= normal
+# The flavours make test boots, each against its own baseline.
+TEST_FLAVORS ?= normal debug
 # KARCH=arm64: the cross-built arm64 kernel (kernel, vm-test, selftest-baseline).
 # Not ARCH, which the kernel's own make reads.
 KARCH ?=
@@ -23,7 +28,8 @@ help:
 	@echo "make demo       boot the patched kernel and show the whole story"
 	@echo "make test       lint, host tests, kernel build, VM tests (what CI runs)"
 	@echo "make host-test  tests that need no VM"
-	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched; KARCH=arm64: arm64)"
+	@echo "make kernel     build the patched kernel (BASELINE=1: unpatched; FLAVOR=debug: KASAN etc.;"
+	@echo "                KARCH=arm64: arm64)"
 	@echo "make vm-test    run the VM-marked tests and selftests in the VM"
 	@echo "make bench      print the benchmark figures (docs/benchmarks.md)"
 	@echo "make bench-kernel  kernel build / VM boot / filter overhead figures"
@@ -48,30 +54,36 @@ host-test: deps
 	$(PY) -m pytest -q -m "not vm"
 
 kernel: deps
-	@vm/build-kernel $(if $(BASELINE),--baseline) $(ARCH_OPT)
+	@vm/build-kernel $(if $(BASELINE),--baseline) --flavor $(FLAVOR) $(ARCH_OPT)
 
 # The arm64 kernel and selftests, cross-built (pytest --vm boots it too).
 kernel-arm64: deps
 	@vm/build-kernel --arch arm64
 
 vm-test: kernel
-	@vm/vm-test $(ARCH_OPT)
+	@vm/vm-test --flavor $(FLAVOR) $(ARCH_OPT)
 
 vm-shell: kernel
-	@vm/run --interactive
+	@vm/run --interactive --flavor $(FLAVOR)
 
 selftest-baseline: deps
-	@vm/build-kernel --baseline $(ARCH_OPT)
-	@vm/selftest-baseline $(ARCH_OPT)
+	@vm/build-kernel --baseline --flavor $(FLAVOR) $(ARCH_OPT)
+	@vm/selftest-baseline --flavor $(FLAVOR) $(ARCH_OPT)
 
 check-series: kernel
 	@vm/check-series
 
 # JUnit XML for CI systems: host tests, every guest test and every kselftest
-# case (one test case each, from its TAP), in build/junit.xml.
-test: deps lint kernel $(ARM64_KERNEL)
+# case (one test case each, from its TAP) of every flavour and arch, in
+# build/junit.xml.  The kernels are built here (not as prerequisites) so that
+# the summary can tell a build of this run from a cached one.
+test: deps lint
 	@mkdir -p build
-	$(PY) -m pytest -q --vm -o junit_family=xunit2 --junitxml=build/junit.xml
+	@export EBPFSECCOMP_RUN_STARTED=$$(date +%s) && \
+	for f in $(TEST_FLAVORS); do vm/build-kernel --flavor $$f || exit 1; done && \
+	$(if $(ARM64_KERNEL),vm/build-kernel --arch arm64 &&) \
+	$(PY) -m pytest -q --vm $(foreach f,$(TEST_FLAVORS),--vm-flavor $(f)) \
+		-o junit_family=xunit2 --junitxml=build/junit.xml
 
 demo: kernel
 	@vm/demo

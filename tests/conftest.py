@@ -9,10 +9,14 @@ Tests marked `@pytest.mark.vm` (under tests/vm/) need the patched kernel:
   VM-marked tests and the kernel's seccomp selftests), and every VM-marked
   item reports its in-VM outcome (pass, fail with the in-VM failure text, or
   skip with the in-VM reason).  Their bodies never run on the host.
+- `--vm-flavor debug` (repeatable with `--vm-flavor normal`; make test gives
+  both) boots the debug kernel once more for the selftests and the VM-marked
+  tests of vmlib.DEBUG_TESTS, reported as extra items `NAME@debug`.
 """
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import subprocess
@@ -42,6 +46,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="boot the patched kernel once and run the VM-marked tests (and the "
         "kernel's seccomp selftests) in it; report their outcomes here",
     )
+    parser.addoption(
+        "--vm-flavor",
+        action="append",
+        choices=vmlib.FLAVORS,
+        help="with --vm: a kernel flavour to boot (repeatable; default normal).  debug: "
+        "KASAN/UBSAN/lockdep/kmemleak kernel, the selftests and the guest tests of "
+        "vm/vmlib.py DEBUG_TESTS, as items NAME@debug",
+    )
+
+
+def vm_flavors(config: pytest.Config) -> list[str]:
+    """The kernel flavours this session boots (--vm-flavor, default normal)."""
+    return list(dict.fromkeys(config.getoption("--vm-flavor") or ["normal"]))
 
 
 # ------------------------------------------------------------- in the guest
@@ -100,22 +117,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 class VmRun:
-    """One boot of the VM for the whole host session (lazy)."""
+    """One boot of the VM (one kernel flavour) for the whole host session (lazy)."""
 
-    def __init__(self, config: pytest.Config, arch: str = "x86_64") -> None:
+    def __init__(self, config: pytest.Config, flavor: str = "normal",
+                 arch: str = "x86_64") -> None:
         self.config = config
+        self.flavor = flavor
         self.arch = arch
         self.done = False
         self.error = ""
-        suffix = "" if arch == "x86_64" else f"-{arch}"
-        self.results = vmlib.cache_dir() / "vm-test" / f"pytest{suffix}"
-        self.baseline = vmlib.BASELINE_LIST if arch == "x86_64" else arm64.baseline_list()
+        self.results = vmlib.claim_results_dir(
+            vmlib.cache_dir() / "vm-test" / f"pytest{_run_suffix(flavor, arch)}")
+        self.baseline = vmlib.baseline_list(flavor, arch)
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
         self.summary: dict[str, Any] = {}
         self.nodeids: list[str] = []  # the VM-marked items this session selected
         self.all_vm_items = True  # none deselected: run all of tests/vm
         self.want_selftests = True  # the selftest placeholder is selected
+        self.checked = False  # a KernelCheckItem judged this run's kernel reports
 
     def ensure(self) -> VmRun:
         if self.done:
@@ -128,11 +148,13 @@ class VmRun:
             "--results-dir",
             str(self.results),
             "--quiet-stdout",
+            "--flavor",
+            self.flavor,
         ]
         if self.arch != "x86_64":  # selftests and the enforcement check (vm/arm64.py)
             cmd += ["--arch", self.arch]
         elif not self.all_vm_items:
-            ids = vmlib.cache_dir() / "vm-test" / "pytest-nodeids.txt"
+            ids = self.results.parent / f"{self.results.name}-nodeids.txt"
             ids.parent.mkdir(parents=True, exist_ok=True)
             ids.write_text("".join(f"{n}\n" for n in self.nodeids))
             cmd += ["--nodeids-file", str(ids)]
@@ -141,7 +163,7 @@ class VmRun:
         if not self.want_selftests and self.arch == "x86_64":
             cmd.append("--no-selftests")
         print(
-            f"\n[--vm] booting the {self.arch} VM once: {' '.join(cmd[1:])}",
+            f"\n[--vm] booting the {self.arch} {self.flavor} VM once: {' '.join(cmd[1:])}",
             file=sys.stderr,
             flush=True,
         )
@@ -182,14 +204,22 @@ class VmRun:
 VM_RUN_PLUGIN = "ebpfseccomp-vm-run"
 
 
-def vm_run(config: pytest.Config, arch: str = "x86_64") -> VmRun:
-    """The session's VmRun of `arch`, also reachable as the plugin named
-    VM_RUN_PLUGIN (x86_64) or VM_RUN_PLUGIN-arm64."""
-    name = VM_RUN_PLUGIN if arch == "x86_64" else f"{VM_RUN_PLUGIN}-{arch}"
-    run = config.pluginmanager.get_plugin(name)
+def _run_suffix(flavor: str, arch: str) -> str:
+    """"" for the normal x86_64 kernel, else "-debug", "-arm64"."""
+    return ("" if flavor == "normal" else f"-{flavor}") + ("" if arch == "x86_64" else f"-{arch}")
+
+
+def _plugin_name(flavor: str, arch: str = "x86_64") -> str:
+    return VM_RUN_PLUGIN + _run_suffix(flavor, arch)
+
+
+def vm_run(config: pytest.Config, flavor: str = "normal", arch: str = "x86_64") -> VmRun:
+    """The session's VmRun of a flavour and arch, also reachable as the plugin
+    named VM_RUN_PLUGIN (normal x86_64) or VM_RUN_PLUGIN-<flavor>/-arm64."""
+    run = config.pluginmanager.get_plugin(_plugin_name(flavor, arch))
     if run is None:
-        run = VmRun(config, arch)
-        config.pluginmanager.register(run, name)
+        run = VmRun(config, flavor, arch)
+        config.pluginmanager.register(run, _plugin_name(flavor, arch))
     assert isinstance(run, VmRun)
     return run
 
@@ -208,7 +238,7 @@ def arm64_results(request: pytest.FixtureRequest) -> Path:
         pytest.skip(ARM64_SKIP_REASON)
     if not arm64.enabled():
         pytest.skip("EBPFSECCOMP_ARM64=0: the arm64 phase is off")
-    run = vm_run(request.config, "arm64").ensure()
+    run = vm_run(request.config, arch="arm64").ensure()
     if run.error:
         raise VmFailure(run.error)
     return run.results
@@ -218,18 +248,28 @@ class VmFailure(Exception):
     pass
 
 
-class VmResultItem(pytest.Item):
+class _VmReportItem(pytest.Item):
+    """A host item whose failure is a VmFailure's text (no host traceback)."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, VmFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+
+class VmResultItem(_VmReportItem):
     """Host stand-in for a VM-marked test: reports the in-VM outcome."""
 
-    def __init__(self, *, original: pytest.Item, **kwargs: Any) -> None:
+    def __init__(self, *, original: pytest.Item, flavor: str = "normal", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.original = original
+        self.flavor = flavor
         self.own_markers = list(original.own_markers)
         self.keywords.update(original.keywords)
 
     def runtest(self) -> None:
-        run = vm_run(self.config).ensure()
-        rec = run.outcomes.get(self.nodeid)
+        run = vm_run(self.config, self.flavor).ensure()
+        rec = run.outcomes.get(self.original.nodeid)
         if rec is None:
             why = run.error or (
                 "this test did not run in the VM; the guest's pytest output ends with:\n"
@@ -242,14 +282,10 @@ class VmResultItem(pytest.Item):
             pytest.skip(f"in the VM: {rec.get('longrepr') or 'skipped'}")
         raise VmFailure(f"failed in the VM:\n{rec.get('longrepr', '')}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, VmFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self) -> tuple[Any, int | None, str]:
         path, lineno, name = self.original.reportinfo()
-        return path, lineno, f"{name} [in VM]"
+        where = "in VM" if self.flavor == "normal" else f"in VM, {self.flavor} kernel"
+        return path, lineno, f"{name} [{where}]"
 
 
 def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
@@ -261,7 +297,7 @@ def _selects_all_vm_tests(config: pytest.Config, nodeids: list[str]) -> bool:
     return whole and not config.getoption("keyword") and not config.getoption("markexpr")
 
 
-class SelftestItem(pytest.Item):
+class SelftestItem(_VmReportItem):
     """One kernel selftest case from the VM run, judged against the baseline."""
 
     def __init__(
@@ -289,41 +325,83 @@ class SelftestItem(pytest.Item):
             pytest.skip(msg)
         raise VmFailure(f"{verdict}: {msg}\n\n{self.result.detail}")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
-        if isinstance(excinfo.value, VmFailure):
-            return str(excinfo.value)
-        return super().repr_failure(excinfo)
-
     def reportinfo(self) -> tuple[Any, int | None, str]:
         return self.path, None, f"{self.name} [kernel selftest in VM]"
 
 
-def _expand_selftests(run: VmRun, items: list[pytest.Item], marker: str = "vm_selftests") -> None:
-    """Replace the `marker` placeholder(s) by one item per selftest case."""
+class KernelCheckItem(_VmReportItem):
+    """What the kernel itself reported during a VM run: the console's
+    sanitizer/lockdep/BUG/WARN reports, or kmemleak's leaks in seccomp/BPF
+    code (kernels with kmemleak).  Fails with the report."""
+
+    def __init__(self, *, run: VmRun, check: str, **kw: Any):
+        super().__init__(**kw)
+        self.run = run
+        self.check = check
+
+    def runtest(self) -> None:
+        s = self.run.summary
+        self.run.checked = True
+        if self.check == "kernel-console":
+            if "kernel_findings" not in s:
+                raise VmFailure(self.run.error or "vm/vm-test wrote no summary")
+            if s["kernel_findings"]:
+                raise VmFailure("the kernel reported on its console:\n"
+                                + "\n".join(s["kernel_findings"]))
+            return
+        kml = s.get("kmemleak", {})
+        if "error" in kml:
+            raise VmFailure(f"kmemleak did not scan: {kml['error']}")
+        if kml.get("seccomp_or_bpf"):
+            raise VmFailure("kmemleak: leaks allocated by seccomp or BPF code:\n"
+                            + "\n\n".join(kml.get("reports", [])))
+
+    def reportinfo(self) -> tuple[Any, int | None, str]:
+        return self.path, None, f"{self.name} [kernel's own checks, VM run]"
+
+
+def _expand_selftests(runs: list[VmRun], items: list[pytest.Item],
+                      marker: str = "vm_selftests") -> None:
+    """Replace the `marker` placeholder(s) by one item per selftest case and
+    run (`test_selftests[seccomp_bpf:global.x]`, and
+    `test_selftests[debug:seccomp_bpf:global.x]` for the debug kernel), and
+    the kernel's own checks of each run (`[kernel-console]`, `[debug:kmemleak]`)."""
     for i in reversed(range(len(items))):
         item = items[i]
         if item.get_closest_marker(marker) is None:
             continue
         assert item.parent is not None
-        run.ensure()
-        new: list[pytest.Item] = [
-            SelftestItem.from_parent(
-                item.parent,
-                name=f"{item.name}[{r.binary}:{r.name}]",
-                result=r,
-                baseline=run.baseline,
-            )
-            for r in run.selftests
-        ]
-        if not new:
-            new = [
+        new: list[pytest.Item] = []
+        for run in runs:
+            run.ensure()
+            prefix = "" if run.flavor == "normal" else f"{run.flavor}:"
+            cases: list[pytest.Item] = [
                 SelftestItem.from_parent(
                     item.parent,
-                    name=f"{item.name}[no-results]",
-                    result=None,
-                    error=run.error or "no selftest results came back from the VM",
+                    name=f"{item.name}[{prefix}{r.binary}:{r.name}]",
+                    result=r,
+                    baseline=run.baseline,
                 )
+                for r in run.selftests
             ]
+            if not cases:
+                cases = [
+                    SelftestItem.from_parent(
+                        item.parent,
+                        name=f"{item.name}[{prefix}no-results]",
+                        result=None,
+                        error=run.error or "no selftest results came back from the VM",
+                        baseline=run.baseline,
+                    )
+                ]
+            checks = ["kernel-console"] + (["kmemleak"] if "kmemleak" in run.summary else [])
+            cases += [
+                KernelCheckItem.from_parent(
+                    item.parent, name=f"{item.name}[{prefix}{check}]", run=run, check=check
+                )
+                for check in checks
+            ]
+            new += cases
         items[i : i + 1] = new
 
 
@@ -332,11 +410,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if IN_VM:
         return
     use_vm = config.getoption("--vm")
+    flavors = vm_flavors(config)
     if use_vm:
-        run = vm_run(config)
-        run.nodeids = [it.nodeid for it in items if it.get_closest_marker("vm") is not None]
-        run.all_vm_items = _selects_all_vm_tests(config, run.nodeids)
-        run.want_selftests = any(it.get_closest_marker("vm_selftests") for it in items)
+        vm_ids = [it.nodeid for it in items if it.get_closest_marker("vm") is not None]
+        want_selftests = any(it.get_closest_marker("vm_selftests") for it in items)
+        for flavor in flavors:
+            run = vm_run(config, flavor)
+            run.nodeids = [n for n in vm_ids if vmlib.in_flavor_subset(n, flavor)]
+            # only the normal kernel runs the whole of tests/vm
+            run.all_vm_items = flavor == "normal" and _selects_all_vm_tests(config, vm_ids)
+            run.want_selftests = want_selftests
+    extra: list[pytest.Item] = []  # other flavours' stand-ins, after every normal item
     for i, item in enumerate(items):
         if item.get_closest_marker("vm") is None:
             continue
@@ -344,48 +428,124 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
             continue
         assert item.parent is not None
-        items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
+        for flavor in flavors:
+            if flavor != "normal" and vmlib.in_flavor_subset(item.nodeid, flavor):
+                extra.append(VmResultItem.from_parent(
+                    item.parent, name=f"{item.name}@{flavor}", original=item, flavor=flavor
+                ))
+        if "normal" in flavors:
+            items[i] = VmResultItem.from_parent(item.parent, name=item.name, original=item)
+        else:
+            item.add_marker(pytest.mark.skip(reason="--vm-flavor normal was not given"))
+    items += extra
     if use_vm and not config.option.collectonly:
-        _expand_selftests(vm_run(config), items)
+        _expand_selftests([vm_run(config, f) for f in flavors], items)
         if arm64.enabled():
-            _expand_selftests(vm_run(config, "arm64"), items, "vm_arm64_selftests")
+            _expand_selftests([vm_run(config, arch="arm64")], items, "vm_arm64_selftests")
+
+
+def _session_runs(config: pytest.Config) -> list[VmRun]:
+    """The VM runs this session made or may make: each flavour, then arm64."""
+    names = [_plugin_name(f) for f in vm_flavors(config)] + [_plugin_name("normal", "arm64")]
+    runs = [config.pluginmanager.get_plugin(n) for n in names]
+    return [r for r in runs if isinstance(r, VmRun)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A VM run whose kernel reported a problem fails the session, also when
+    no KernelCheckItem was selected to say so (e.g. `pytest --vm -k x`)."""
+    if IN_VM or not session.config.getoption("--vm"):
+        return
+    for run in _session_runs(session.config):
+        if run.checked or not run.summary:
+            continue
+        kml = run.summary.get("kmemleak", {})
+        if run.summary.get("kernel_findings") or kml.get("seccomp_or_bpf") or "error" in kml:
+            print(f"\n[--vm] the {run.arch} {run.flavor} kernel reported problems (not judged "
+                  f"by a selected item): see {run.results / 'report.txt'}", file=sys.stderr)
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _build_phase(kdir: Path) -> str:
+    """The kernel build's share: this run's build, or a cached one."""
+    try:
+        build = json.loads((kdir / "build.json").read_text())
+    except (OSError, ValueError):
+        return "kernel build ?"
+    started = os.environ.get("EBPFSECCOMP_RUN_STARTED", "")
+    try:
+        when = calendar.timegm(time.strptime(str(build.get("date")), "%Y-%m-%dT%H:%M:%SZ"))
+    except ValueError:
+        when = 0
+    secs = build.get("total_seconds", "?")
+    if started.isdigit() and when >= int(started):
+        return f"kernel build {secs} s ({build.get('kind', '?')}, this run)"
+    return f"kernel build 0 s (cached; built {build.get('date', '?')} in {secs} s)"
+
+
+def _summary_lines(s: dict[str, Any]) -> list[str]:
+    """The summary block of one vm-test run (one flavour, one arch)."""
+    guest = s.get("guest", {})
+    kdir = Path(str(s.get("kernel", "?")))
+    out = [f"[{s.get('arch', 'x86_64')} {s.get('flavor', 'normal')}] kernel "
+           f"{guest.get('kernel', '?')} ({kdir.name}), {guest.get('cpus', '?')} cpus, "
+           f"clocksource {guest.get('clocksource', '?')}"]
+    if "pytest" in s:
+        counts = {k: v for k, v in s["pytest"].items() if k != "status"}
+        out.append("  guest tests: "
+                   + (", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"))
+    for binary, st in sorted(s.get("selftests", {}).items()):
+        out.append(f"  selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
+                   f"{st.get('skip', 0)} skip; vs baseline: regressions "
+                   f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}, "
+                   f"known {st.get('known', 0)}, fixed {st.get('fixed', 0)}")
+    if "baseline" in s:
+        regs = s.get("selftest_regressions", [])
+        out.append(f"  baseline {Path(str(s['baseline'])).name}: "
+                   + (", ".join(regs[:8]) + (" ..." if len(regs) > 8 else "")
+                      if regs else "no regression"))
+    if "enforce" in s:
+        out.append(f"  enforcement checks: {s['enforce'].get('pass', 0)} as expected, "
+                   f"{s['enforce'].get('fail', 0)} not")
+    kinds = s.get("finding_kinds", {})
+    out.append("  kernel findings: "
+               + (", ".join(f"{v} {k}" for k, v in sorted(kinds.items())) or "none"))
+    kml = s.get("kmemleak")
+    if kml is not None:
+        out.append("  kmemleak: " + (f"scan failed: {kml['error']}" if "error" in kml else
+                                     f"{kml.get('suspects', 0)} suspected leak(s), "
+                                     f"{kml.get('seccomp_or_bpf', 0)} in seccomp/BPF code"))
+    ph = s.get("phases", {})
+    spent = "; ".join(f"{name} {ph[key]} s" if key in ph else f"{name} not run"
+                      for key, name in (("pytest", "guest tests"), ("selftests", "selftests")))
+    out.append(f"  time: {_build_phase(kdir)}; boot {s.get('boot_seconds')} s; {spent}"
+               + (f"; kmemleak scan {ph['kmemleak']} s" if "kmemleak" in ph else "")
+               + f"; whole guest run {s.get('seconds')} s")
+    out.append("  status: " + ("FAILED" if s.get("failed") else "passed"))
+    return out
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """With --vm: one short block a CI log reader can find, per kernel booted:
-    the guest (kernel, cpus, clocksource), the guest tests' and each selftest
-    binary's counts against the baseline, and the wall time of each phase."""
+    """With --vm: one short block a CI log reader can find, per kernel booted
+    (flavour and arch): the guest (kernel, cpus, clocksource), the guest
+    tests' and each selftest binary's counts against its baseline, the
+    kernel's sanitizer/lockdep/WARN findings and kmemleak's, and the wall
+    time of each phase."""
     if IN_VM or not config.getoption("--vm"):
         return
+    summaries = [r.summary for r in _session_runs(config) if r.summary]
+    if not summaries:
+        return
     tr = terminalreporter
-    for name in (VM_RUN_PLUGIN, f"{VM_RUN_PLUGIN}-arm64"):
-        run = config.pluginmanager.get_plugin(name)
-        if isinstance(run, VmRun) and run.summary:
-            _summarize(tr, run)
+    tr.section("ebpfseccomp VM summary")
+    for s in summaries:
+        for line in _summary_lines(s):
+            tr.write_line(line)
+    tr.write_line(f"host session {time.monotonic() - _SESSION_START:.0f} s")
     junit = config.getoption("xmlpath", default=None)
     if junit:
         tr.write_line(f"JUnit XML (host, guest and selftest cases): {junit}")
-
-
-def _summarize(tr: Any, run: VmRun) -> None:
-    s = run.summary
-    tr.section(f"ebpfseccomp VM summary ({run.arch})")
-    guest = s.get("guest", {})
-    tr.write_line(f"kernel {guest.get('kernel', '?')} ({Path(str(s.get('kernel', '?'))).name}), "
-                  f"{guest.get('cpus', '?')} cpus, clocksource {guest.get('clocksource', '?')}")
-    if "pytest" in s:
-        counts = {k: v for k, v in s["pytest"].items() if k != "status"}
-        tr.write_line("guest tests: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    for binary, st in sorted(s.get("selftests", {}).items()):
-        tr.write_line(f"selftest {binary}: {st.get('pass', 0)} pass, {st.get('fail', 0)} fail, "
-                      f"{st.get('skip', 0)} skip; vs baseline: regressions "
-                      f"{st.get('regression', 0)}, new failures {st.get('new-fail', 0)}")
-    if "enforce" in s:
-        tr.write_line(f"enforcement checks: {s['enforce'].get('pass', 0)} as expected, "
-                      f"{s['enforce'].get('fail', 0)} not")
-    tr.write_line(f"time: boot {s.get('boot_seconds')} s, guest run {s.get('seconds')} s; "
-                  f"host session {time.monotonic() - _SESSION_START:.0f} s")
 
 
 _SESSION_START = time.monotonic()

@@ -42,12 +42,11 @@ ENFORCE_EXAMPLE = vmlib.REPO / "bpf" / "examples" / "allowlist_switch.c"
 #: the selftests the arm64 suite runs (seccomp_benchmark measures, it does not test)
 SELFTESTS = ("seccomp_bpf", "seccomp_ebpf")
 SELFTEST_TIMEOUT = 1500
-BASELINE_DIR = vmlib.VM_DIR / "baselines"
 
 
-def baseline_list(flavor: str = "default") -> Path:
+def baseline_list() -> Path:
     """The unpatched kernel's seccomp_bpf results on arm64 (vm/baselines/)."""
-    return BASELINE_DIR / f"arm64-{flavor}.txt"
+    return vmlib.baseline_list("normal", "arm64")
 
 
 @dataclasses.dataclass

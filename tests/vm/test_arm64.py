@@ -7,7 +7,7 @@ host built with `ebpfseccomp build --arch aarch64`.  These items run on the
 host and judge the guest's results:
 
 - the placeholder below becomes one item per selftest case (seccomp_bpf
-  against vm/baselines/arm64-default.txt, seccomp_ebpf must pass);
+  against vm/baselines/arm64-normal.txt, seccomp_ebpf must pass);
 - one item per enforcement check (load with the arm64 JIT, attach as nobody,
   each system call's answer);
 - the kernel's answers agree with the emulator's for the same object, call

@@ -2,7 +2,7 @@
 
 With --vm, tests/conftest.py replaces the placeholder below by one item per
 selftest case (seccomp_bpf, and whatever binaries the series adds, e.g.
-seccomp_ebpf), judged against vm/selftests-baseline.txt: a seccomp_bpf test
+seccomp_ebpf), judged against vm/baselines/<arch>-<flavor>.txt: a seccomp_bpf test
 that passes on the unpatched kernel must pass; one that fails or skips there
 too is reported as a skip with the recorded reason; a case of a binary that
 the baseline does not cover must pass (or skip).  The items run on the host,

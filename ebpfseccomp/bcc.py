@@ -59,7 +59,7 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 from . import contract
-from .attach import LACKS_PATCH, attach
+from .attach import LACKS_PATCH, attach, extended_flag_supported
 from .build import include_dir
 from .errors import BuildError, EbpfSeccompError, KernelError, PrivilegeError
 
@@ -230,7 +230,7 @@ class Filter:
             exc: KernelError = PrivilegeError(
                 text, hint="loading needs CAP_BPF (kernel.unprivileged_bpf_disabled), "
                            "and helpers or maps the seccomp_extended tier")
-        elif err == _errno.EINVAL and not log.strip():
+        elif err == _errno.EINVAL and not extended_flag_supported():
             exc = KernelError(text, hint=LACKS_PATCH)
         else:
             exc = KernelError(text)

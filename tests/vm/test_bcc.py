@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Protocol
 
 import pytest
 
@@ -60,7 +61,11 @@ def example() -> ModuleType:
     return mod
 
 
-def _child(flt: bcc.Filter, ready_w: int, go_r: int, first: int, then: int) -> None:
+class _Attachable(Protocol):
+    def attach(self) -> int: ...
+
+
+def _child(flt: _Attachable, ready_w: int, go_r: int, first: int, then: int) -> None:
     """In the forked child: attach, call getppid FIRST times, report, wait, THEN more."""
     code = 1
     try:
@@ -166,3 +171,49 @@ int second(struct seccomp_data *ctx)
         assert flt.name == "second" and flt.fd >= 0
         with pytest.raises(KeyError):
             flt["nothing"]
+
+
+#: the same filter for clang and the project's loader (bpf/include/ebpfseccomp/maps.h)
+CLANG_COUNTER = """#include <ebpfseccomp/filter.h>
+struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024);
+         __type(key, __u32); __type(value, __u64); } counts SEC(".maps");
+SEC("seccomp") int count_and_deny(struct seccomp_data *ctx)
+{
+	__u32 nr = ctx->nr;
+	__u64 one = 1, *n = bpf_map_lookup_elem(&counts, &nr);
+	if (n)
+		__sync_fetch_and_add(n, 1);
+	else
+		bpf_map_update_elem(&counts, &nr, &one, BPF_NOEXIST);
+	return ctx->nr == SYS_getppid ? SECCOMP_ERRNO(EACCES) : SECCOMP_ALLOW;
+}
+SECCOMP_LICENSE("GPL");
+"""
+
+
+def test_the_loaders_maps_answer_as_bcc_tables_do(tmp_path: Path) -> None:
+    from ebpfseccomp import loader
+    from ebpfseccomp.build import build
+
+    src = tmp_path / "counter.c"
+    src.write_text(CLANG_COUNTER)
+    with loader.load(build(src, out=tmp_path / "counter.o")) as prog:
+        counts = prog.maps["counts"]
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _child(prog, ready_w, go_r, 4, 0)
+        os.close(ready_w)
+        os.close(go_r)
+        try:
+            assert os.read(ready_r, 1) == b"1"
+            assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+            assert counts[GETPPID] == 4 and "getppid" in counts
+            decoded = dict(counts.items_decoded())
+            assert decoded[GETPPID] == 4 and all(isinstance(k, int) for k in decoded)
+        finally:
+            os.close(go_w)
+            _, status = os.waitpid(pid, 0)
+            os.close(ready_r)
+        assert os.waitstatus_to_exitcode(status) == 0

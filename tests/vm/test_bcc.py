@@ -90,33 +90,67 @@ def _child(flt: _Attachable, ready_w: int, go_r: int, first: int, then: int) -> 
     os._exit(code)
 
 
+class _Child:
+    """A forked child running _child under FLT: ready() when it made FIRST
+    calls (and is blocked), go() to let it make THEN more, wait() its status."""
+
+    def __init__(self, flt: _Attachable, first: int, then: int):
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.close(ready_r)
+            os.close(go_w)  # EOF on go_r when the parent goes away
+            _child(flt, ready_w, go_r, first, then)
+        os.close(ready_w)
+        os.close(go_r)
+        self._ready, self._go = ready_r, go_w
+
+    def ready(self) -> bool:
+        return os.read(self._ready, 1) == b"1"
+
+    def running(self) -> bool:
+        return os.waitpid(self.pid, os.WNOHANG) == (0, 0)
+
+    def go(self) -> None:
+        os.write(self._go, b"g")
+
+    def wait(self) -> int:
+        """Exit code (after go(), or after killing a child a failed test left blocked)."""
+        os.close(self._go)
+        os.close(self._ready)
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+
 def test_example_enforces_and_its_map_is_read_while_the_child_runs(example: ModuleType) -> None:
     with example.load("getppid", errno.EACCES) as flt:
         assert flt.compile_seconds > 0 and flt.fd >= 0
         assert sorted(flt.table_names()) == ["counts", "denied"]
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _child(flt, ready_w, go_r, 5, 3)
-        os.close(ready_w)
-        os.close(go_r)
+        child = _Child(flt, 5, 3)
         try:
-            assert os.read(ready_r, 1) == b"1", "getppid did not fail with EACCES in the child"
+            assert child.ready(), "getppid did not fail with EACCES in the child"
             # the child is blocked on the pipe: still running, under the filter
-            assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+            assert child.running()
             counts = flt["counts"]
             assert counts[counts.Key(GETPPID)].value == 5
             assert flt["denied"][0].value == 5
             # the child's other calls are counted too (its write(2) to the pipe at least)
             seen = example.counts(flt)
             assert seen["getppid"] == 5 and seen.get("write", 0) >= 1, seen
-            os.write(go_w, b"g")
+            child.go()
+        except BaseException:
+            child.kill()
+            raise
         finally:
-            os.close(go_w)
-            _, status = os.waitpid(pid, 0)
-            os.close(ready_r)
-        assert os.waitstatus_to_exitcode(status) == 0
+            code = child.wait()
+        assert code == 0
         assert counts[counts.Key(GETPPID)].value == 8
         assert flt["denied"][0].value == 8
     # the parent itself was never filtered
@@ -199,21 +233,17 @@ def test_the_loaders_maps_answer_as_bcc_tables_do(tmp_path: Path) -> None:
     src.write_text(CLANG_COUNTER)
     with loader.load(build(src, out=tmp_path / "counter.o")) as prog:
         counts = prog.maps["counts"]
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _child(prog, ready_w, go_r, 4, 0)
-        os.close(ready_w)
-        os.close(go_r)
+        child = _Child(prog, 4, 0)
         try:
-            assert os.read(ready_r, 1) == b"1"
-            assert os.waitpid(pid, os.WNOHANG) == (0, 0)
+            assert child.ready(), "getppid did not fail with EACCES in the child"
+            assert child.running()
             assert counts[GETPPID] == 4 and "getppid" in counts
             decoded = dict(counts.items_decoded())
             assert decoded[GETPPID] == 4 and all(isinstance(k, int) for k in decoded)
+            child.go()
+        except BaseException:
+            child.kill()
+            raise
         finally:
-            os.close(go_w)
-            _, status = os.waitpid(pid, 0)
-            os.close(ready_r)
-        assert os.waitstatus_to_exitcode(status) == 0
+            code = child.wait()
+        assert code == 0

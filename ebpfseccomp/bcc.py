@@ -186,6 +186,10 @@ class Filter:
                              hint=self._compile_hint(''.join(log))) from None
         self.compile_seconds = time.perf_counter() - start
         self.name = function or self._only_function()
+        if function is not None and function not in self._functions():
+            names = ", ".join(self._functions()) or "none"
+            self.close()
+            raise BuildError(f"the source has no function {function!r} (functions: {names})")
         start = time.perf_counter()
         log.clear()
         try:

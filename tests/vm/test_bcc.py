@@ -201,6 +201,8 @@ int second(struct seccomp_data *ctx)
 """
     with pytest.raises(BuildError, match="name the one to load"):
         bcc.load(src)
+    with pytest.raises(BuildError, match="no function 'third'.*first, second"):
+        bcc.load(src, "third")
     with bcc.load(src, "second") as flt:
         assert flt.name == "second" and flt.fd >= 0
         with pytest.raises(KeyError):

@@ -235,7 +235,11 @@ def helper_tier(func_id: int) -> Tier | None:
 
 # --- map types ----------------------------------------------------------------
 
-#: Map types the toolchain accepts for seccomp programs (and the emulator runs).
+#: Map types the toolchain accepts for seccomp programs (and the emulator runs):
+#: the kernel's seccomp_bpf_map_type_allowed() (patch 0005).  The ring buffer
+#: is written only through the bpf_ringbuf_* helpers, which are base helpers
+#: (TRACING tier); it has no keys or values (key and value size 0) and its
+#: max_entries is its size in bytes, a power of two and a multiple of the page.
 MAP_TYPES: dict[int, str] = {
     1: "hash",
     2: "array",
@@ -243,9 +247,20 @@ MAP_TYPES: dict[int, str] = {
     6: "percpu_array",
     9: "lru_hash",
     10: "lru_percpu_hash",
+    27: "ringbuf",
 }
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_RINGBUF = 27
+
+#: Helpers whose first argument must be a ring buffer map (the verifier's
+#: check_map_func_compatibility), and the map helpers a ring buffer refuses.
+RINGBUF_MAP_HELPERS = frozenset(
+    HELPER_IDS[n] for n in ("ringbuf_output", "ringbuf_reserve", "ringbuf_query")
+)
+KEYED_MAP_HELPERS = frozenset(
+    HELPER_IDS[n] for n in ("map_lookup_elem", "map_update_elem", "map_delete_elem")
+)
 
 # --- limits -------------------------------------------------------------------
 

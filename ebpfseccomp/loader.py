@@ -38,6 +38,8 @@ from . import contract, insn
 from . import sys as _sys
 from .analysis.checker import check as static_check
 from .attach import LACKS_PATCH, attach, extended_flag_supported
+from .btf import Btf
+from .btf import decode as btf_decode
 from .contract import Tier
 from .errors import EbpfSeccompError, KernelError, ObjectError, PrivilegeError, UsageError
 from .privilege import Credentials, Needs, Prediction, SystemPolicy, predict
@@ -126,7 +128,17 @@ def group_assignments(items: Iterable[str]) -> dict[str, dict[str, str]]:
 
 @dataclass
 class Map:
-    """A kernel map, read and written through its fd."""
+    """A kernel map, read and written through its fd.
+
+    Raw access: lookup/update/delete/keys/items (bytes), lookup_int and
+    items_int.  Typed access, as a bcc table answers: `m[key]` (KeyError if
+    absent), `m[key] = value`, `del m[key]`, `key in m`, `m.get(key)` and
+    items_decoded(), with keys and values decoded through the object's BTF
+    (btf.decode: ints, structs as dicts, char arrays as text; per-CPU maps
+    a list with one value per CPU).  Without BTF a key or value of 1, 2, 4
+    or 8 bytes is an unsigned int, anything else "hex:...".  Keys are given
+    as for lookup (int, syscall name, bytes...).
+    """
 
     name: str
     fd: int
@@ -136,6 +148,9 @@ class Map:
     max_entries: int
     flags: int = 0
     is_global: bool = False
+    btf: Btf | None = field(default=None, repr=False, compare=False)
+    key_type: int = 0  # BTF ids of the key and value types (0: unknown)
+    value_type: int = 0
 
     @property
     def percpu(self) -> bool:
@@ -203,6 +218,54 @@ class Map:
             v = self.lookup_int(k)
             if v is not None:
                 yield int.from_bytes(k, "little"), v
+
+    # --- typed access (BTF) -------------------------------------------------------
+
+    def decode_key(self, raw: bytes) -> Any:
+        """RAW key bytes as the key's BTF type describes them."""
+        return self._decode(self.key_type, raw)
+
+    def decode_value(self, raw: bytes) -> Any:
+        """RAW value bytes (as lookup returns them) as the value's BTF type
+        describes them; per-CPU maps: a list, one value per CPU."""
+        if self.percpu:
+            return [self._decode(self.value_type, raw[i:i + self.value_size])
+                    for i in range(0, len(raw), self._slot)]
+        return self._decode(self.value_type, raw)
+
+    def _decode(self, tid: int, raw: bytes) -> Any:
+        if self.btf is not None and tid:
+            return btf_decode(self.btf, tid, raw)
+        if len(raw) in (1, 2, 4, 8):
+            return int.from_bytes(raw, "little")
+        return "hex:" + raw.hex()
+
+    def __getitem__(self, key: KeyLike) -> Any:
+        raw = self.lookup(key)
+        if raw is None:
+            raise KeyError(key)
+        return self.decode_value(raw)
+
+    def get(self, key: KeyLike, default: Any = None) -> Any:
+        raw = self.lookup(key)
+        return default if raw is None else self.decode_value(raw)
+
+    def __setitem__(self, key: KeyLike, value: ValueLike) -> None:
+        self.update(key, value)
+
+    def __delitem__(self, key: KeyLike) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (int, str, bytes)):
+            return False
+        return self.lookup(key) is not None
+
+    def items_decoded(self) -> Iterator[tuple[Any, Any]]:
+        """(key, value) pairs decoded with BTF, as bcc's Table.items() gives them."""
+        for k, v in self.items():
+            yield self.decode_key(k), self.decode_value(v)
 
     def _why(self, exc: OSError, op: str) -> str:
         err = exc.errno or 0
@@ -767,7 +830,10 @@ def _adopt(handle: int, target: int, name: str, path: str, specs: Mapping[str, o
             spec = specs.get(label)
             result.maps[label] = Map(label, os.dup(mfd), d.type, d.key_size, d.value_size,
                                      d.max_entries, d.flags,
-                                     bool(getattr(spec, "is_global", False)))
+                                     bool(getattr(spec, "is_global", False)),
+                                     btf=getattr(spec, "btf", None),
+                                     key_type=int(getattr(spec, "key_type", 0) or 0),
+                                     value_type=int(getattr(spec, "value_type", 0) or 0))
     except BaseException:
         result.close()
         raise

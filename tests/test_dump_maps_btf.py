@@ -4,6 +4,7 @@ the object's BTF (structs, signed ints, enums, char arrays), raw otherwise."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,75 @@ def test_decode_never_raises_on_short_or_odd_bytes(obj: str) -> None:
         decode(spec.btf, spec.value_type, bytes(range(n)))  # no exception
     assert decode(spec.btf, 0, b"\x01\x02") == "hex:0102"
     assert decode(spec.btf, 10**6, b"\x01") == "hex:01"
+
+
+# --- the loader's Map answers as a bcc table: keys and values decoded with BTF ------
+
+
+def _can_create_maps() -> bool:
+    from ebpfseccomp import sys as esys
+
+    try:
+        os.close(esys.map_create_raw(1, 4, 8, 1))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _can_create_maps(), reason="needs bpf(BPF_MAP_CREATE) on this host (root)")
+def test_loader_map_decodes_keys_and_values_with_btf(tmp_path: Path) -> None:
+    import struct
+
+    from ebpfseccomp import loader
+    from ebpfseccomp import sys as esys
+
+    src = tmp_path / "m.c"
+    src.write_text(SOURCE)
+    obj = load_object(str(build(src, out=tmp_path / "m.o")))
+    spec = obj.maps["stats"]
+    fd = esys.map_create_raw(spec.type, spec.key_size, spec.value_size, spec.max_entries)
+    m = loader.Map("stats", fd, spec.type, spec.key_size, spec.value_size, spec.max_entries,
+                   btf=spec.btf, key_type=spec.key_type, value_type=spec.value_type)
+    try:
+        key = struct.pack("<IHh", 7, 39, -2)
+        value = struct.pack("<QiI8sBB", 5, -3, 7, b"hi", 1, 2).ljust(spec.value_size, b"\0")
+        assert key not in m and m.get(key) is None
+        with pytest.raises(KeyError):
+            m[key]
+        m[key] = value
+        assert key in m
+        want = {"count": 5, "last": -3, "kind": "K_WRITE", "tag": "hi",
+                "pair": {"a": 1, "b": 2}}
+        assert m[key] == want
+        assert list(m.items_decoded()) == [({"pid": 7, "nr": 39, "delta": -2}, want)]
+        del m[key]
+        assert key not in m
+        with pytest.raises(KeyError):
+            del m[key]
+    finally:
+        m.close()
+
+
+@pytest.mark.skipif(not _can_create_maps(), reason="needs bpf(BPF_MAP_CREATE) on this host (root)")
+def test_loader_map_without_btf_and_per_cpu() -> None:
+    from ebpfseccomp import loader
+    from ebpfseccomp import sys as esys
+
+    fd = esys.map_create_raw(6, 4, 4, 2)  # percpu_array, no BTF
+    m = loader.Map("pc", fd, 6, 4, 4, 2)
+    try:
+        m[1] = 3
+        assert m[1] == [3] * esys.possible_cpus()
+        assert 1 in m and "getppid" not in m and 2.5 not in m
+        assert dict(m.items_decoded()) == {0: [0] * esys.possible_cpus(),
+                                           1: [3] * esys.possible_cpus()}
+    finally:
+        m.close()
+    fd = esys.map_create_raw(1, 16, 3, 4)  # hash, odd sizes: hex
+    m = loader.Map("h", fd, 1, 16, 3, 4)
+    try:
+        m[b"k" * 16] = b"abc"
+        assert m[b"k" * 16] == "hex:616263"
+        assert list(m.items_decoded()) == [("hex:" + (b"k" * 16).hex(), "hex:616263")]
+    finally:
+        m.close()

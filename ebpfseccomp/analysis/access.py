@@ -168,15 +168,38 @@ def check_accesses(ck: Checker) -> None:
 
 
 def _check_call_args(ck: Checker, i: int, ins: Insn, st: _State) -> None:
-    if ins.is_helper_call() and ins.imm in (1, 2, 3):
-        r1 = st.reg(1)
-        if not any(p[0] == "map" for p in r1) and ("top",) not in r1:
-            name = contract.helper_name(ins.imm)
+    if not ins.is_helper_call():
+        return
+    keyed = ins.imm in contract.KEYED_MAP_HELPERS
+    ring = ins.imm in contract.RINGBUF_MAP_HELPERS
+    if not keyed and not ring:
+        return
+    r1 = st.reg(1)
+    name = contract.helper_name(ins.imm)
+    if not any(p[0] == "map" for p in r1) and ("top",) not in r1:
+        ck.problem(
+            i,
+            "map-arg",
+            f"R1 of bpf_{name} is not a map",
+            "pass &map_name as the first argument",
+        )
+        return
+    # the verifier's check_map_func_compatibility: a ring buffer only with
+    # the ringbuf helpers, and those only with a ring buffer
+    for p in sorted(r1, key=repr):
+        spec = ck.obj.maps.get(p[1]) if p[0] == "map" else None
+        if spec is None:
+            continue
+        is_ring = spec.type == contract.BPF_MAP_TYPE_RINGBUF
+        if is_ring != ring:
+            tname = contract.MAP_TYPES.get(spec.type, str(spec.type))
             ck.problem(
                 i,
                 "map-arg",
-                f"R1 of bpf_{name} is not a map",
-                "pass &map_name as the first argument",
+                f"cannot pass map_type {spec.type} ({tname}, {p[1]!r}) into func "
+                f"bpf_{name}#{ins.imm}",
+                "write a ring buffer with bpf_ringbuf_output/reserve/submit"
+                if is_ring else "bpf_ringbuf_* helpers take a BPF_MAP_TYPE_RINGBUF map",
             )
 
 
@@ -334,6 +357,7 @@ def _check_ctx(
 def check_maps(ck: Checker) -> None:
     """The maps the program refers to: known, of a type seccomp filters may use,
     with sane sizes."""
+    rings: set[str] = set()
     for r in ck.prog.relocs:
         if r.map not in ck.maps_used:
             ck.maps_used.append(r.map)
@@ -351,6 +375,11 @@ def check_maps(ck: Checker) -> None:
                 f"map {r.map!r} has type {spec.type}, which seccomp filters cannot use",
                 f"use one of: {allowed}",
             )
+        if spec.type == contract.BPF_MAP_TYPE_RINGBUF:
+            if r.map not in rings:  # once, at its first use
+                rings.add(r.map)
+                _check_ringbuf(ck, r.insn, r.map, spec)
+            continue
         if spec.max_entries == 0:
             ck.problem(r.insn, "map-size", f"map {r.map!r} has max_entries 0",
                          "set __uint(max_entries, N)")  # fmt: skip
@@ -362,3 +391,24 @@ def check_maps(ck: Checker) -> None:
                          f"array map {r.map!r} needs a 4-byte key, not {spec.key_size}",
                          "use __type(key, __u32)")  # fmt: skip
 
+
+
+def _check_ringbuf(ck: Checker, insn: int, name: str, spec: Any) -> None:
+    """The kernel's ringbuf_map_alloc(): no key or value, and a size in bytes
+    that is a power of two and a multiple of the page size."""
+    size = spec.max_entries
+    if size < RINGBUF_PAGE or size & (size - 1):
+        ck.problem(insn, "map-size",
+                   f"ring buffer {name!r} has max_entries {size}: it must be a power of two "
+                   f"and a multiple of the page size ({RINGBUF_PAGE})",
+                   "set __uint(max_entries, 4096 * 2^k), e.g. 256 * 1024")  # fmt: skip
+    if spec.key_size or spec.value_size:
+        ck.problem(insn, "map-size",
+                   f"ring buffer {name!r} has key size {spec.key_size} and value size "
+                   f"{spec.value_size}; both must be 0",
+                   "declare only __uint(type, ...) and __uint(max_entries, ...)")  # fmt: skip
+
+
+#: The page size the ring buffer's size must be a multiple of (x86_64 and
+#: aarch64 with 4 KiB pages; a 64 KiB-page arm64 kernel wants more).
+RINGBUF_PAGE = 4096

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from .. import insn as I
 from ..contract import AUDIT_ARCH, MAX_BPF_STACK, Verdict
 from ..errors import EmulationError
-from .emumaps import ArrayMap, EmuMap
+from .emumaps import EINVAL, ArrayMap, EmuMap, RingbufMap
 from .translate import HELPER_IMPLS, M32, M64, _Translator, _Unsupported, bswap, sdiv, smod
 
 __all__ = [
@@ -215,6 +215,8 @@ class Emulator:
         self._perm: dict[tuple[str, int], int] = {}  # (map, index) -> key
         self._run_next = _RUN_KEY
         self._run_addr: dict[int, int] = {}  # id(value buffer) -> key
+        # ring buffer records reserved in this run and not yet submitted: key -> (map, buffer)
+        self._ring_open: dict[int, tuple[RingbufMap, bytearray]] = {}
         self._frames: list[tuple[int, list[int]]] = []
         self._calls: list[HelperCall] = []
         self._inp = SyscallInput(0)
@@ -234,6 +236,10 @@ class Emulator:
         self._rd[CTX_KEY] = inp.pack()
         self._stacks[0][:] = _ZERO_STACK
         self._stack_init[0][:] = _ZERO_STACK
+        if self._ring_open:  # a run that raised left them: the kernel frees them on exit
+            for m, buf in self._ring_open.values():
+                m._discard(buf)
+            self._ring_open.clear()
         if self._run_next != _RUN_KEY:
             for key in range(_RUN_KEY, self._run_next):
                 del self._rd[key]
@@ -722,6 +728,51 @@ class Emulator:
             out += chunk
             addr += len(chunk)
         return bytes(out)
+
+    # the ring buffer (TRACING tier): emumaps.RingbufMap
+
+    def _ring_arg(self, r1: int, pc: int, name: str) -> RingbufMap:
+        m = self._map_arg(r1, pc, name)
+        if not isinstance(m, RingbufMap):
+            raise self._hfail(pc, name, f"map {m.name} is not a ring buffer")
+        return m
+
+    def _h_ringbuf_output(self, R: list[int], pc: int) -> int:
+        m = self._ring_arg(R[1], pc, "ringbuf_output")
+        size = R[3] & M32
+        data = self._read(R[2], size, pc, "ringbuf_output", "data")
+        return m._output(data) if R[4] & ~3 == 0 else -EINVAL
+
+    def _h_ringbuf_reserve(self, R: list[int], pc: int) -> int:
+        m = self._ring_arg(R[1], pc, "ringbuf_reserve")
+        if R[3]:
+            return 0  # flags must be 0: NULL
+        buf = m._reserve(R[2])
+        if buf is None:
+            return 0
+        key = self._run_next
+        self._run_next += 1
+        self._rd[key] = self._wr[key] = buf
+        self._run_addr[id(buf)] = key
+        self._ring_open[key] = (m, buf)
+        return _addr(key)
+
+    def _ring_record(self, addr: int, pc: int, name: str) -> tuple[RingbufMap, bytearray]:
+        rec = self._ring_open.pop(addr >> _SHIFT, None) if addr & _OFF == 0 else None
+        if rec is None:
+            raise self._hfail(pc, name, f"r1 ({addr:#x}) is not a record reserved by "
+                              "bpf_ringbuf_reserve in this run (or it was already released)")
+        return rec
+
+    def _h_ringbuf_submit(self, R: list[int], pc: int) -> int:
+        m, buf = self._ring_record(R[1], pc, "ringbuf_submit")
+        m._submit(buf)
+        return 0
+
+    def _h_ringbuf_discard(self, R: list[int], pc: int) -> int:
+        m, buf = self._ring_record(R[1], pc, "ringbuf_discard")
+        m._discard(buf)
+        return 0
 
     def _h_probe_read_user(self, R: list[int], pc: int) -> int:
         size = R[2] & M32

@@ -1,4 +1,5 @@
-"""The emulator's BPF maps: hash, array, their per-CPU forms and LRU hash.
+"""The emulator's BPF maps: hash, array, their per-CPU forms, LRU hash and
+the ring buffer.
 
 Each map keeps real byte buffers (bytearray) as values, so that a program
 that loads and stores through a pointer returned by map_lookup_elem changes
@@ -28,14 +29,18 @@ BPF_F_LOCK = 4
 # errno values the map helpers return (negated)
 ENOENT = 2
 E2BIG = 7
+EAGAIN = 11
 EEXIST = 17
 EINVAL = 22
 
-ERRNO_NAMES = {ENOENT: "ENOENT", E2BIG: "E2BIG", EEXIST: "EEXIST", EINVAL: "EINVAL"}
+ERRNO_NAMES = {ENOENT: "ENOENT", E2BIG: "E2BIG", EAGAIN: "EAGAIN", EEXIST: "EEXIST",
+               EINVAL: "EINVAL"}
 
 ARRAY_TYPES = frozenset({2, 6})  # array, percpu_array
 HASH_TYPES = frozenset({1, 5})  # hash, percpu_hash
 LRU_TYPES = frozenset({9, 10})  # lru_hash, lru_percpu_hash
+RINGBUF_TYPE = 27
+RINGBUF_HDR = 8  # BPF_RINGBUF_HDR_SZ: each record's header in the ring
 
 
 def _as_bytes(what: str, data: bytes | bytearray | int, size: int, map_name: str) -> bytes:
@@ -79,6 +84,8 @@ class EmuMap:
             return HashMap(spec)
         if spec.type in LRU_TYPES:
             return LruHashMap(spec)
+        if spec.type == RINGBUF_TYPE:
+            return RingbufMap(spec)
         allowed = ", ".join(f"{n} ({t})" for t, n in MAP_TYPES.items())
         raise EmulationError(
             f"map {spec.name} has type {spec.type}, which the emulator does not model "
@@ -274,3 +281,92 @@ class LruHashMap(HashMap):
     def _insert(self, key: bytes, buf: bytearray) -> None:
         self._data[key] = buf
         self._data.move_to_end(key)  # type: ignore[attr-defined]
+
+
+class RingbufMap(EmuMap):
+    """BPF_MAP_TYPE_RINGBUF, minimally: what a consumer would read.
+
+    bpf_ringbuf_reserve hands out a record buffer (None when the ring has no
+    room), bpf_ringbuf_submit appends it to `records`, bpf_ringbuf_discard
+    drops it, bpf_ringbuf_output copies data in directly.  The room is the
+    kernel's: max_entries bytes, each record taking an 8-byte header plus its
+    size rounded up to 8, counted from reservation until a consumer reads it
+    (`drain()`; nothing reads during a run, so a ring nobody drains fills
+    up).  Flags (wake-up hints) change nothing here.  There are no keys:
+    lookup/update/delete from user space are refused, as the kernel does.
+    """
+
+    kind = "ringbuf"
+
+    def __init__(self, spec: Any):
+        super().__init__(spec)
+        self.records: list[bytes] = []
+        self._used = 0  # bytes of the ring taken by records and open reservations
+        self._open: dict[int, int] = {}  # id(reserved buffer) -> bytes it holds
+
+    @staticmethod
+    def _cost(size: int) -> int:
+        return RINGBUF_HDR + (size + 7) // 8 * 8
+
+    def drain(self) -> list[bytes]:
+        """The submitted records, oldest first; their room is free again."""
+        out, self.records = self.records, []
+        self._used = sum(self._open.values())
+        return out
+
+    def _no_keys(self) -> EmulationError:
+        return EmulationError(f"map {self.name} is a ring buffer: it has no keys "
+                              "(read its records, or drain() them)")
+
+    def lookup(self, key: bytes | bytearray | int) -> bytes | None:
+        raise self._no_keys()
+
+    def update(self, key: bytes | bytearray | int, value: bytes | bytearray | int,
+               flags: int = BPF_ANY) -> None:
+        raise self._no_keys()
+
+    def delete(self, key: bytes | bytearray | int) -> None:
+        raise self._no_keys()
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        """(record index as 4 bytes, record) for each submitted record."""
+        for i, rec in enumerate(list(self.records)):
+            yield i.to_bytes(4, "little"), rec
+
+    # --- helper view ------------------------------------------------------------
+
+    def _find(self, key: bytes) -> bytearray | None:
+        return None
+
+    def _bpf_update(self, key: bytes, value: bytes, flags: int) -> int:
+        return -EINVAL
+
+    def _bpf_delete(self, key: bytes) -> int:
+        return -EINVAL
+
+    def _reserve(self, size: int) -> bytearray | None:
+        """A record buffer of SIZE bytes (zeroed), or None: no room, or too big."""
+        cost = self._cost(size)
+        if size > self.max_entries - RINGBUF_HDR or self._used + cost > self.max_entries:
+            return None
+        buf = bytearray(size)
+        self._open[id(buf)] = cost
+        self._used += cost
+        return buf
+
+    def _submit(self, buf: bytearray) -> None:
+        if self._open.pop(id(buf), None) is not None:
+            self.records.append(bytes(buf))
+
+    def _discard(self, buf: bytearray) -> None:
+        cost = self._open.pop(id(buf), None)
+        if cost is not None:
+            self._used -= cost
+
+    def _output(self, data: bytes) -> int:
+        buf = self._reserve(len(data))
+        if buf is None:
+            return -EAGAIN
+        buf[:] = data
+        self._submit(buf)
+        return 0

@@ -466,7 +466,8 @@ class _Translator:
             name = helper_name(func_id)
             return self.err(
                 f"unsupported helper {name} (#{func_id}) called at insn {i}{self.describe(i)}: "
-                "the emulator runs only the contract's extended-tier helpers "
+                "the emulator runs only the contract's extended-tier helpers and the "
+                "ring buffer's output/reserve/submit/discard "
                 f"({', '.join(sorted(HELPER_IMPLS.values()))})"
             )
         return f"R[0] = H{func_id}(R, {i}); R[1] = R[2] = R[3] = R[4] = R[5] = 0"
@@ -561,6 +562,10 @@ HELPER_IMPLS: dict[int, str] = {
     15: "get_current_uid_gid",
     112: "probe_read_user",
     114: "probe_read_user_str",
+    130: "ringbuf_output",
+    131: "ringbuf_reserve",
+    132: "ringbuf_submit",
+    133: "ringbuf_discard",
 }
 
 

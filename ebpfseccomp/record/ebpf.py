@@ -147,8 +147,8 @@ class EbpfBackend(RingBackend):
         with tempfile.TemporaryDirectory(prefix="ebpfseccomp-record-") as tmp:
             obj = build(source_path(), out=Path(tmp) / "recorder.o",
                         defines={"RECORD_RING_BYTES": self.ring_bytes})
-            # the static checker does not model ring buffers yet: the kernel decides
-            self.prog = load(str(obj), None, check=False)
+            # checked like any filter: the checker knows the ring buffer (contract.MAP_TYPES)
+            self.prog = load(str(obj), None)
         self.events = RingEvents(self.prog.maps["events"].fd)
 
     def attach_in_child(self) -> None:

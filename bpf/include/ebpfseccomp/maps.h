@@ -19,7 +19,10 @@
  * EXTENDED tier.
  *
  * Types the contract allows: HASH, ARRAY, PERCPU_HASH, PERCPU_ARRAY,
- * LRU_HASH, LRU_PERCPU_HASH.
+ * LRU_HASH, LRU_PERCPU_HASH, and RINGBUF (27: no key or value, max_entries
+ * a power of two and a multiple of the page size; written only through the
+ * bpf_ringbuf_* helpers, which need the tracing tier: see
+ * bpf/record/record_event.h).
  */
 #ifndef __EBPFSECCOMP_MAPS_H
 #define __EBPFSECCOMP_MAPS_H

@@ -516,7 +516,9 @@ def _summary_lines(s: dict[str, Any]) -> list[str]:
                                      f"{kml.get('suspects', 0)} suspected leak(s), "
                                      f"{kml.get('seccomp_or_bpf', 0)} in seccomp/BPF code"))
     ph = s.get("phases", {})
-    spent = "; ".join(f"{name} {ph[key]} s" if key in ph else f"{name} not run"
+    ran = {"pytest": "pytest" in s, "selftests": bool(s.get("selftests"))}
+    spent = "; ".join(f"{name} {ph[key]} s" if key in ph else
+                      (f"{name} (not timed apart)" if ran[key] else f"{name} not run")
                       for key, name in (("pytest", "guest tests"), ("selftests", "selftests")))
     out.append(f"  time: {_build_phase(kdir)}; boot {s.get('boot_seconds')} s; {spent}"
                + (f"; kmemleak scan {ph['kmemleak']} s" if "kmemleak" in ph else "")

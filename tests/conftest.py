@@ -127,7 +127,7 @@ class VmRun:
         self.done = False
         self.error = ""
         self.results = vmlib.claim_results_dir(
-            vmlib.cache_dir() / "vm-test" / f"pytest{_run_suffix(flavor, arch)}")
+            vmlib.cache_dir() / "vm-test" / f"pytest{vmlib.run_suffix(flavor, arch)}")
         self.baseline = vmlib.baseline_list(flavor, arch)
         self.outcomes: dict[str, dict[str, Any]] = {}
         self.selftests: list[vmlib.SelftestResult] = []
@@ -204,13 +204,8 @@ class VmRun:
 VM_RUN_PLUGIN = "ebpfseccomp-vm-run"
 
 
-def _run_suffix(flavor: str, arch: str) -> str:
-    """"" for the normal x86_64 kernel, else "-debug", "-arm64"."""
-    return ("" if flavor == "normal" else f"-{flavor}") + ("" if arch == "x86_64" else f"-{arch}")
-
-
 def _plugin_name(flavor: str, arch: str = "x86_64") -> str:
-    return VM_RUN_PLUGIN + _run_suffix(flavor, arch)
+    return VM_RUN_PLUGIN + vmlib.run_suffix(flavor, arch)
 
 
 def vm_run(config: pytest.Config, flavor: str = "normal", arch: str = "x86_64") -> VmRun:

@@ -36,6 +36,18 @@ def baseline_list(flavor: str = "normal", arch: str = "x86_64") -> Path:
     return BASELINES_DIR / f"{arch}-{flavor}.txt"
 
 
+def run_suffix(flavor: str = "normal", arch: str = "x86_64") -> str:
+    """The suffix naming a kernel's runs and results: "" for the normal
+    x86_64 kernel, else "-debug", "-arm64" (as build-kernel names its builds)."""
+    return ("" if flavor == "normal" else f"-{flavor}") + ("" if arch == "x86_64" else f"-{arch}")
+
+
+def make_command(target: str, flavor: str = "normal", arch: str = "x86_64") -> str:
+    """The make command for TARGET on a kernel: `make selftest-baseline FLAVOR=debug`."""
+    return (f"make {target}" + ("" if flavor == "normal" else f" FLAVOR={flavor}")
+            + ("" if arch == "x86_64" else f" KARCH={arch}"))
+
+
 BASELINE_LIST = baseline_list()  # x86_64, normal (was vm/selftests-baseline.txt)
 IN_VM_ENV = "EBPFSECCOMP_IN_VM"
 KERNEL_DIR_ENV = "EBPFSECCOMP_KERNEL_DIR"

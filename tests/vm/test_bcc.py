@@ -92,7 +92,9 @@ def _child(flt: _Attachable, ready_w: int, go_r: int, first: int, then: int) -> 
 
 class _Child:
     """A forked child running _child under FLT: ready() when it made FIRST
-    calls (and is blocked), go() to let it make THEN more, wait() its status."""
+    calls (and is blocked), go() to let it make THEN more.  As a context
+    manager it is always reaped: killed first if the block raised, and its
+    exit code is then in .code."""
 
     def __init__(self, flt: _Attachable, first: int, then: int):
         ready_r, ready_w = os.pipe()
@@ -128,13 +130,20 @@ class _Child:
         except ProcessLookupError:
             pass
 
+    def __enter__(self) -> _Child:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.kill()
+        self.code = self.wait()
+
 
 def test_example_enforces_and_its_map_is_read_while_the_child_runs(example: ModuleType) -> None:
     with example.load("getppid", errno.EACCES) as flt:
         assert flt.compile_seconds > 0 and flt.fd >= 0
         assert sorted(flt.table_names()) == ["counts", "denied"]
-        child = _Child(flt, 5, 3)
-        try:
+        with _Child(flt, 5, 3) as child:
             assert child.ready(), "getppid did not fail with EACCES in the child"
             # the child is blocked on the pipe: still running, under the filter
             assert child.running()
@@ -145,12 +154,7 @@ def test_example_enforces_and_its_map_is_read_while_the_child_runs(example: Modu
             seen = example.counts(flt)
             assert seen["getppid"] == 5 and seen.get("write", 0) >= 1, seen
             child.go()
-        except BaseException:
-            child.kill()
-            raise
-        finally:
-            code = child.wait()
-        assert code == 0
+        assert child.code == 0
         assert counts[counts.Key(GETPPID)].value == 8
         assert flt["denied"][0].value == 8
     # the parent itself was never filtered
@@ -235,17 +239,11 @@ def test_the_loaders_maps_answer_as_bcc_tables_do(tmp_path: Path) -> None:
     src.write_text(CLANG_COUNTER)
     with loader.load(build(src, out=tmp_path / "counter.o")) as prog:
         counts = prog.maps["counts"]
-        child = _Child(prog, 4, 0)
-        try:
+        with _Child(prog, 4, 0) as child:
             assert child.ready(), "getppid did not fail with EACCES in the child"
             assert child.running()
             assert counts[GETPPID] == 4 and "getppid" in counts
             decoded = dict(counts.items_decoded())
             assert decoded[GETPPID] == 4 and all(isinstance(k, int) for k in decoded)
             child.go()
-        except BaseException:
-            child.kill()
-            raise
-        finally:
-            code = child.wait()
-        assert code == 0
+        assert child.code == 0
